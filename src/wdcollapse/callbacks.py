@@ -1,0 +1,117 @@
+"""Lightning callbacks: the per-epoch metric pass, divergence detection, atomic checkpoints."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, Checkpoint
+
+from .io import append_jsonl, atomic_write_json, read_jsonl
+from .probe import accuracy, metric_pass
+
+SCHEDULES = ("every", "log")
+
+
+def evaluation_epochs(max_epochs: int, schedule: str = "every", every_n: int = 1, num_points: int = 50) -> set[int]:
+    """Epochs (0 = at initialisation, e = after e epochs) at which the metric pass runs. The
+    last epoch is always included."""
+    if schedule == "every":
+        epochs = set(range(0, max_epochs + 1, max(1, every_n)))
+    elif schedule == "log":
+        epochs = {0} | {int(round(e)) for e in np.geomspace(1, max(1, max_epochs), num_points)}
+    else:
+        raise ValueError(f"unknown callbacks.metrics.schedule {schedule!r}; choose one of {SCHEDULES}")
+    return {e for e in epochs if e <= max_epochs} | {max_epochs}
+
+
+class Diverged(RuntimeError):
+    def __init__(self, epoch: int, step: int, loss: float):
+        super().__init__(f"training loss became {loss} at epoch {epoch} (step {step})")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+class DivergenceGuard(Callback):
+    """Stops the run at the first non-finite training loss (raising `Diverged`) before the
+    bad weights reach a checkpoint."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            raise Diverged(trainer.current_epoch, trainer.global_step, float(loss.detach()))
+
+
+class MetricMonitor(Callback):
+    """Runs the metric pass on the training set (eval mode) at initialisation and then on the
+    schedule; appends one JSON line per evaluated epoch to metrics.jsonl, writes the latest
+    class-mean Gram matrices to grams.json, and logs the row to every Lightning logger."""
+
+    def __init__(self, out_dir: str | Path, schedule: str = "every", every_n: int = 1,
+                 num_points: int = 50, test_acc: bool = True):
+        self.out_dir = Path(out_dir)
+        self.schedule, self.every_n, self.num_points, self.test_acc = schedule, every_n, num_points, test_acc
+        self.metric_seconds = 0.0
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.epochs = evaluation_epochs(trainer.max_epochs, self.schedule, self.every_n, self.num_points)
+        done = {row["epoch"] for row in read_jsonl(self.metrics_path)}
+        if trainer.current_epoch == 0 and 0 not in done:
+            self.evaluate(trainer, pl_module, epoch=0)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch in self.epochs:
+            self.evaluate(trainer, pl_module, epoch)
+
+    def evaluate(self, trainer: pl.Trainer, pl_module, epoch: int) -> dict:
+        start = time.perf_counter()
+        data = trainer.datamodule
+        was_training = pl_module.training
+        pl_module.eval()
+        n = data.num_train
+        row, grams = metric_pass(pl_module.model, data.eval_batches("train"), data.num_classes,
+                                 loss_fn=lambda out, y: pl_module.loss(out, y, num_total=n))
+        record = {"epoch": epoch, "step": trainer.global_step,
+                  "train/loss": row.pop("loss"), "train/acc": row.pop("acc")}
+        if self.test_acc:
+            record["test/acc"] = accuracy(pl_module.model, data.eval_batches("test"))
+        record["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+        record.update(row)
+        pl_module.train(was_training)
+        append_jsonl(self.metrics_path, record)
+        atomic_write_json(self.out_dir / "grams.json", {"epoch": epoch, "grams": grams})
+        for logger in trainer.loggers:
+            logger.log_metrics(record, step=trainer.global_step)
+        self.metric_seconds += time.perf_counter() - start
+        return record
+
+
+class AtomicCheckpoint(Checkpoint):
+    """Saves `last.ckpt` at the end of every `every_n_epochs`-th epoch through a temporary file
+    and a rename, so a kill leaves the previous checkpoint intact. Being a `Checkpoint`,
+    Lightning runs it after the other callbacks, i.e. after the epoch's metrics are written."""
+
+    def __init__(self, dirpath: str | Path, every_n_epochs: int = 1):
+        self.dirpath = Path(dirpath)
+        self.every_n_epochs = max(1, every_n_epochs)
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs and epoch != trainer.max_epochs:
+            return
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        tmp = self.dirpath / ".last.ckpt.tmp"
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.last_path)

@@ -1,0 +1,114 @@
+"""Config checks that run before any work, and the resolvers the configs use."""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .callbacks import SCHEDULES
+from .data.sources import NUM_CLASSES
+from .models.activations import ACTIVATIONS
+from .models.layerwise import INITS
+from .module import LOSSES, OPTIMIZERS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODELS = {"wdcollapse.models.MLP": "mlp", "wdcollapse.models.ResNet20": "resnet20"}
+
+
+class ConfigError(ValueError):
+    """A setting that makes no sense; the message names it, its value and what is allowed."""
+
+
+def register_resolvers() -> None:
+    """`${div:a,b}` = a / b and `${add:a,b}` = a + b (e.g. weight decay 0.016 / L), and
+    `${repo_root:}`, the checkout holding conf/ (the default data directory lives there)."""
+    if not OmegaConf.has_resolver("div"):
+        OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
+    if not OmegaConf.has_resolver("add"):
+        OmegaConf.register_new_resolver("add", lambda a, b: a + b)
+    if not OmegaConf.has_resolver("repo_root"):
+        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+
+
+def _require(ok: bool, setting: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{setting}={value!r} is not allowed: {allowed}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first bad setting; warn about legal but unusual ones."""
+    data, model, optim, trainer = cfg.data, cfg.model, cfg.optim, cfg.trainer
+    _require(data.name in NUM_CLASSES, "data.name", data.name, f"one of {sorted(NUM_CLASSES)}")
+    _require(model._target_ in MODELS, "model", model._target_,
+             f"model=mlp or model=resnet20 (targets {sorted(MODELS)})")
+    _require(optim.name in OPTIMIZERS, "optim.name", optim.name, f"one of {list(OPTIMIZERS)}")
+    _require(model.activation in ACTIVATIONS, "model.activation", model.activation, f"one of {list(ACTIVATIONS)}")
+    _require(model.init in INITS, "model.init", model.init, f"one of {list(INITS)}")
+    _require(cfg.loss.name in LOSSES, "loss.name", cfg.loss.name, f"one of {list(LOSSES)}")
+    _require(cfg.loss.mse_reduction in ("mean", "half_sum"), "loss.mse_reduction",
+             cfg.loss.mse_reduction, "'mean' or 'half_sum'")
+    _require(isinstance(model.nonlinear_depth, int) and model.nonlinear_depth >= 0,
+             "model.nonlinear_depth", model.nonlinear_depth, "an integer >= 0")
+    _require(isinstance(model.linear_depth, int) and model.linear_depth >= 1,
+             "model.linear_depth", model.linear_depth, "an integer >= 1 (the theory needs >= 2)")
+    widths = model.width if OmegaConf.is_list(model.width) else [model.width]
+    _require(all(isinstance(w, int) and w >= 1 for w in widths), "model.width", model.width,
+             "an integer >= 1, or a list of nonlinear_depth + linear_depth - 1 such integers")
+    _require(data.num_per_class is None or (isinstance(data.num_per_class, int) and data.num_per_class >= 1),
+             "data.num_per_class", data.num_per_class, "null (the whole training set) or an integer >= 1")
+    _require(data.batch_size is None or (isinstance(data.batch_size, int) and data.batch_size >= 1),
+             "data.batch_size", data.batch_size, "null (full batch) or an integer >= 1")
+    _require(float(optim.lr) > 0, "optim.lr", optim.lr, "a number > 0")
+    _require(float(optim.weight_decay) >= 0, "optim.weight_decay", optim.weight_decay, "a number >= 0")
+    _require(float(optim.get("momentum", 0.0)) >= 0, "optim.momentum", optim.get("momentum"), "a number >= 0")
+    drop = optim.get("lr_drop_at")
+    _require(drop is None or 0 < float(drop) <= 1, "optim.lr_drop_at", drop, "null or a fraction in (0, 1]")
+    _require(isinstance(trainer.max_epochs, int) and trainer.max_epochs >= 1, "trainer.max_epochs",
+             trainer.max_epochs, "an integer >= 1")
+    _require(cfg.callbacks.metrics.schedule in SCHEDULES, "callbacks.metrics.schedule",
+             cfg.callbacks.metrics.schedule, f"one of {list(SCHEDULES)}")
+    _require(cfg.resume in ("auto", "never"), "resume", cfg.resume,
+             "'auto' (continue a killed run, skip a finished one) or 'never' (start fresh)")
+    if model.linear_depth == 1:
+        warnings.warn("model.linear_depth=1: the theory (Theorem 3.1) needs a linear head of >= 2 layers",
+                      stacklevel=2)
+
+
+def check_writable(directory: str | Path) -> Path:
+    """Create `directory` if needed and prove a file can be written there."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"output directory {str(directory)!r} cannot be written ({e.strerror}); "
+            "choose another with hydra.run.dir=... (or hydra.sweep.dir=... for -m)"
+        ) from None
+    return directory
+
+
+def nearest_existing_parent(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_override(argv: list[str]) -> None:
+    """Hydra creates its output directory before our code runs; check a `hydra.run.dir=` or
+    `hydra.sweep.dir=` override up front so an unwritable one gets a message, not a traceback."""
+    for arg in argv:
+        for key in ("hydra.run.dir=", "hydra.sweep.dir="):
+            if arg.startswith(key):
+                target = Path(arg[len(key):])
+                parent = nearest_existing_parent(target)
+                if not os.access(parent, os.W_OK) or not parent.is_dir():
+                    raise ConfigError(
+                        f"{key}{target} cannot be created: {parent} is not a writable directory; "
+                        "choose another output directory"
+                    )

@@ -1,0 +1,119 @@
+"""In-memory data: the whole (sub)set as one tensor, batches by indexing a permutation."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from .sources import MEAN_STD, NUM_CLASSES, load_split
+
+
+def class_balanced_subset(labels: torch.Tensor, num_per_class: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Indices of `num_per_class` samples of each class, drawn by `seed`, in ascending order."""
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        if num_per_class > len(idx):
+            raise ValueError(
+                f"data.num_per_class={num_per_class} but class {c} has only {len(idx)} training "
+                f"samples; use at most {len(idx)} (or null for the whole set)"
+            )
+        picked.append(idx[torch.randperm(len(idx), generator=g)[:num_per_class]])
+    return torch.cat(picked).sort().values
+
+
+class PermutationBatches:
+    """Shuffled batches of in-memory tensors. The permutation of epoch e depends only on
+    (seed, e), so a resumed run sees exactly the batches an uninterrupted one would."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: Callable[[], int]):
+        self.x, self.y, self.batch_size, self.seed, self.epoch = x, y, batch_size, seed, epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch())
+        perm = torch.randperm(len(self.y), generator=g).to(self.y.device)
+        for start in range(0, len(perm), self.batch_size):
+            idx = perm[start : start + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """A dataset held in memory as float tensors (normalised), with an optional class-balanced
+    training subset. `batch_size: null` means full-batch (gradient descent)."""
+
+    def __init__(
+        self,
+        name: str,
+        root: str | Path,
+        num_per_class: int | None = None,
+        batch_size: int | None = 128,
+        normalize: bool = True,
+        download: bool = False,
+        image_folder: str | None = None,
+        subset_seed: int = 0,
+        shuffle_seed: int = 0,
+        eval_chunk: int = 4096,
+        num_classes: int | None = None,
+        in_shape: list[int] | None = None,
+    ):
+        super().__init__()
+        if name not in NUM_CLASSES:
+            raise ValueError(f"unknown data.name {name!r}; choose one of {sorted(NUM_CLASSES)}")
+        self.name, self.root = name, Path(root)
+        self.num_classes = NUM_CLASSES[name]
+        if num_classes is not None and num_classes != self.num_classes:
+            raise ValueError(f"data.num_classes={num_classes} but {name} has {self.num_classes} classes")
+        self.in_shape = list(in_shape) if in_shape is not None else None
+        self.num_per_class, self.batch_size = num_per_class, batch_size
+        self.normalize, self.download, self.image_folder = normalize, download, image_folder
+        self.subset_seed, self.shuffle_seed, self.eval_chunk = subset_seed, shuffle_seed, eval_chunk
+        self.train_x = self.train_y = self.test_x = self.test_y = None
+
+    def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = load_split(self.name, self.root, train, self.download, self.image_folder)
+        x = images.float().div_(255.0)
+        if self.normalize:
+            mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in MEAN_STD[self.name])
+            x = (x - mean) / std
+        return x, labels.long()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_x is not None:
+            return
+        x, y = self._load(train=True)
+        if self.in_shape is not None and list(x.shape[1:]) != self.in_shape:
+            raise ValueError(f"data.in_shape={self.in_shape} but {self.name} images are {list(x.shape[1:])}")
+        if self.num_per_class is not None:
+            keep = class_balanced_subset(y, self.num_per_class, self.num_classes, self.subset_seed)
+            x, y = x[keep], y[keep]
+        self.train_x, self.train_y = x.contiguous(), y
+        self.test_x, self.test_y = self._load(train=False)
+
+    def to(self, device: torch.device | str) -> "TensorDataModule":
+        """Move the whole data set to the training device once: no per-batch copies."""
+        self.train_x, self.train_y = self.train_x.to(device), self.train_y.to(device)
+        self.test_x, self.test_y = self.test_x.to(device), self.test_y.to(device)
+        return self
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_y)
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def train_dataloader(self) -> PermutationBatches:
+        batch = self.batch_size or self.num_train
+        return PermutationBatches(self.train_x, self.train_y, batch, self.shuffle_seed, self._epoch)
+
+    def eval_batches(self, split: str = "train") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The split in its stored order, in chunks of `eval_chunk` samples."""
+        x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        for start in range(0, len(y), self.eval_chunk):
+            yield x[start : start + self.eval_chunk], y[start : start + self.eval_chunk]

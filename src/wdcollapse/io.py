@@ -1,0 +1,82 @@
+"""Files that survive a kill at any moment: whole-line appends and temp-file-then-rename writes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(obj: Any, **kwargs) -> str:
+    """JSON with NaN and infinities written as null, so any strict parser reads it."""
+    if isinstance(obj, dict):
+        obj = {k: _finite_or_none(v) for k, v in obj.items()}
+    return json.dumps(obj, allow_nan=False, default=_finite_or_none, **kwargs)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, to_json(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return default
+
+
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """Append one line with a single write, so a kill leaves either the whole line or a
+    truncated tail that `read_jsonl` ignores."""
+    line = (to_json(row) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The complete lines of a JSON-lines file (a partial last line is skipped)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        rows.append(json.loads(line))
+    return rows
+
+
+def keep_jsonl_rows(path: str | Path, keep) -> list[dict]:
+    """Rewrite `path` atomically with only the complete rows for which `keep(row)` is true."""
+    rows = [row for row in read_jsonl(path) if keep(row)]
+    if Path(path).exists():
+        atomic_write_text(path, "".join(to_json(r) + "\n" for r in rows))
+    return rows

@@ -1,0 +1,374 @@
+"""Neural-collapse metrics (Jacot et al. 2025, "Wide Neural Networks Trained with
+Weight Decay Provably Exhibit Neural Collapse").
+
+Features are tensors of shape [N, d] (one row per sample), labels are integer
+tensors [N] with values in 0..K-1. Everything is computed in float64 and
+returned as Python floats. The pure functions work on a full set of features;
+the accumulators compute the same quantities from batches in O(K d) memory
+(O(d^2) for the Gram-based ones) and can be merged across processes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "nc1",
+    "nc2",
+    "nc3",
+    "balancedness",
+    "negativity",
+    "op_norm",
+    "NCAccumulator",
+    "GramAccumulator",
+    "NegativityAccumulator",
+]
+
+# Norm floor for cosines: zero vectors get cosine 0 instead of NaN.
+_EPS = torch.finfo(torch.float64).tiny
+
+
+# ----------------------------------------------------------------------------
+# validation helpers
+
+
+def _check_2d(x: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a 2-D tensor, got {shape}")
+    return x.double()
+
+
+def _check_inputs(features, labels, num_classes: int):
+    """Validate and return (features float64 [N, d], labels long [N])."""
+    z = _check_2d(features, "features")
+    if int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+        raise ValueError("labels must be a 1-D tensor")
+    if labels.shape[0] != z.shape[0]:
+        raise ValueError(
+            f"labels has length {labels.shape[0]} but features has {z.shape[0]} rows"
+        )
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
+    y = labels.long().to(z.device)
+    if y.numel() > 0 and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"labels must lie in 0..{num_classes - 1}, got range "
+            f"[{int(y.min())}, {int(y.max())}]"
+        )
+    return z, y
+
+
+def _check_weight(weight, num_classes: int, dim: int) -> torch.Tensor:
+    w = _check_2d(weight, "weight")
+    if w.shape != (num_classes, dim):
+        raise ValueError(
+            f"weight must have shape [K, d] = [{num_classes}, {dim}], got {tuple(w.shape)}"
+        )
+    return w
+
+
+def _require_all_classes(counts: torch.Tensor) -> None:
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    if empty:
+        raise ValueError(f"classes with no samples: {empty}")
+
+
+# ----------------------------------------------------------------------------
+# per-class statistics shared by the functions and the accumulator
+
+
+def _class_stats(z: torch.Tensor, y: torch.Tensor, num_classes: int):
+    """Per-class count [K], mean [K, d] and sum of squared deviations [K]."""
+    counts = torch.bincount(y, minlength=num_classes)
+    sums = z.new_zeros(num_classes, z.shape[1]).index_add_(0, y, z)
+    means = sums / counts.clamp_min(1).unsqueeze(1).double()
+    # Deviations from the class mean directly (not E[z^2] - mu^2): stable when
+    # the features are nearly collapsed around a large mean.
+    sq_dev = (z - means[y]).pow(2).sum(dim=1)
+    m2 = z.new_zeros(num_classes).index_add_(0, y, sq_dev)
+    return counts, means, m2
+
+
+def _nc1_from_stats(counts, means, m2) -> float:
+    _require_all_classes(counts)
+    n = counts.double()
+    mu_g = (n.unsqueeze(1) * means).sum(0) / n.sum()
+    tr_w = m2.sum() / n.sum()
+    tr_b = (means - mu_g).pow(2).sum() / means.shape[0]
+    return float(tr_w / tr_b)
+
+
+def _nc2_from_means(means: torch.Tensor) -> float:
+    s = torch.linalg.svdvals(means)
+    # With d < K the d x K mean matrix has s_K = 0 (svdvals returns only d values).
+    if s.numel() < means.shape[0] or float(s[-1]) == 0.0:
+        return float("inf")
+    return float(s[0] / s[-1])
+
+
+def _cosines(z: torch.Tensor, w_rows: torch.Tensor) -> torch.Tensor:
+    zn = z / z.norm(dim=1, keepdim=True).clamp_min(_EPS)
+    wn = w_rows / w_rows.norm(dim=1, keepdim=True).clamp_min(_EPS)
+    return (zn * wn).sum(dim=1)
+
+
+# ----------------------------------------------------------------------------
+# pure functions
+
+
+def nc1(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """NC1 = tr(Sigma_W) / tr(Sigma_B).
+
+    Sigma_W = 1/N sum_{c,i} (z_ci - mu_c)(z_ci - mu_c)^T,
+    Sigma_B = 1/K sum_c (mu_c - mu_G)(mu_c - mu_G)^T, mu_G the mean of all N
+    samples. Only traces are computed. Raises ValueError if a class is empty.
+    """
+    z, y = _check_inputs(features, labels, num_classes)
+    return _nc1_from_stats(*_class_stats(z, y, num_classes))
+
+
+def nc2(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """NC2 = s_1 / s_K, the condition number of the d x K matrix of uncentred
+    class means [mu_1, ..., mu_K]; inf if s_K = 0. Raises ValueError if a class
+    is empty."""
+    z, y = _check_inputs(features, labels, num_classes)
+    counts, means, _ = _class_stats(z, y, num_classes)
+    _require_all_classes(counts)
+    return _nc2_from_means(means)
+
+
+def nc3(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> float:
+    """NC3 = 1/N sum_i cos(z_i, W[y_i, :]) with W the [K, d] last-layer weight.
+
+    A zero vector has cosine 0 with anything.
+    """
+    w = _check_2d(weight, "weight")
+    z, y = _check_inputs(features, labels, w.shape[0])
+    w = _check_weight(w, w.shape[0], z.shape[1]).to(z.device)
+    if z.shape[0] == 0:
+        raise ValueError("nc3 needs at least one sample")
+    return float(_cosines(z, w[y]).mean())
+
+
+def op_norm(x: torch.Tensor) -> float:
+    """Operator (spectral) norm ||x||_op = sqrt(lambda_max(G)), with G the
+    smaller of the Gram matrices x^T x and x x^T (float64)."""
+    x = _check_2d(x, "x")
+    gram = x.T @ x if x.shape[1] <= x.shape[0] else x @ x.T
+    return _gram_op_norm(gram)
+
+
+def _gram_op_norm(gram: torch.Tensor) -> float:
+    if gram.numel() == 0:
+        return 0.0
+    return math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
+
+
+def _sym_op_norm(a: torch.Tensor) -> float:
+    """Operator norm of a symmetric matrix: max |eigenvalue|."""
+    return float(torch.linalg.eigvalsh(a).abs().max())
+
+
+def balancedness(w_next: torch.Tensor, w: torch.Tensor) -> float:
+    """||W_{l+1}^T W_{l+1} - W_l W_l^T||_op / min(||W_{l+1}^T W_{l+1}||_op, ||W_l W_l^T||_op).
+
+    w is [n_l, n_{l-1}], w_next is [n_{l+1}, n_l]. Returns 0 when both Gram
+    matrices are zero and inf when only the smaller one is.
+    """
+    a = _check_2d(w_next, "w_next")
+    b = _check_2d(w, "w")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"weights do not chain: w_next has shape {tuple(a.shape)} (expects "
+            f"n_l = {a.shape[1]}) but w has shape {tuple(b.shape)} (n_l = {b.shape[0]})"
+        )
+    b = b.to(a.device)
+    ga, gb = a.T @ a, b @ b.T
+    num = _sym_op_norm(ga - gb)
+    den = min(_sym_op_norm(ga), _sym_op_norm(gb))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else float("inf")
+    return num / den
+
+
+def negativity(preact: torch.Tensor) -> float:
+    """||Z - relu(Z)||_op / ||Z||_op for pre-activations Z [N, d]
+    (Z - relu(Z) = min(Z, 0)); 0 if Z is all zero."""
+    z = _check_2d(preact, "preact")
+    denom = op_norm(z)
+    if denom == 0.0:
+        return 0.0
+    return op_norm(z.clamp_max(0.0)) / denom
+
+
+# ----------------------------------------------------------------------------
+# streaming accumulators
+
+
+class NCAccumulator:
+    """Streaming NC1/NC2/NC3 over batches, O(K d) memory.
+
+    Keeps per-class counts n_c, means mu_c and scatter traces
+    M2_c = sum_i ||z_ci - mu_c||^2, combined with Chan's parallel algorithm:
+    delta = mu_b - mu_a, mu = mu_a + delta n_b / n,
+    M2 = M2_a + M2_b + ||delta||^2 n_a n_b / n. With `weight` ([K, d]) it also
+    sums cos(z_i, W[y_i]) for NC3. `merge` combines accumulators fed disjoint
+    data (e.g. from different processes).
+    """
+
+    def __init__(self, num_classes: int, weight: torch.Tensor | None = None):
+        if int(num_classes) != num_classes or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.weight = None
+        if weight is not None:
+            w = _check_2d(weight, "weight")
+            self.weight = _check_weight(w, self.num_classes, w.shape[1]).clone()
+        self.counts: torch.Tensor | None = None  # long [K]
+        self.means: torch.Tensor | None = None  # float64 [K, d]
+        self.m2: torch.Tensor | None = None  # float64 [K]
+        self.cos_sum = 0.0
+
+    @property
+    def count(self) -> int:
+        """Number of samples seen."""
+        return 0 if self.counts is None else int(self.counts.sum())
+
+    def _merge_stats(self, counts, means, m2) -> None:
+        if self.counts is None:
+            self.counts, self.means, self.m2 = counts.clone(), means.clone(), m2.clone()
+            return
+        if means.shape != self.means.shape:
+            raise ValueError(
+                f"feature shapes differ: {tuple(self.means.shape)} vs {tuple(means.shape)}"
+            )
+        counts, means, m2 = (t.to(self.means.device) for t in (counts, means, m2))
+        n_a, n_b = self.counts.double(), counts.double()
+        n = (n_a + n_b).clamp_min(1)  # empty in both: all correction terms are 0
+        delta = means - self.means
+        self.means = self.means + delta * (n_b / n).unsqueeze(1)
+        self.m2 = self.m2 + m2 + delta.pow(2).sum(1) * (n_a * n_b / n)
+        self.counts = self.counts + counts
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of features [n, d] with labels [n]."""
+        z, y = _check_inputs(features, labels, self.num_classes)
+        if self.weight is not None:
+            w = _check_weight(self.weight, self.num_classes, z.shape[1])
+            self.weight = w.to(z.device)
+            self.cos_sum += float(_cosines(z, self.weight[y]).sum())
+        self._merge_stats(*_class_stats(z, y, self.num_classes))
+
+    def _stats(self):
+        if self.counts is None:
+            raise ValueError(f"no samples seen: all classes {list(range(self.num_classes))} are empty")
+        return self.counts, self.means, self.m2
+
+    def class_means(self) -> torch.Tensor:
+        """Per-class means mu_c as a float64 tensor [K, d]."""
+        return self._stats()[1].clone()
+
+    def nc1(self) -> float:
+        """tr(Sigma_W) / tr(Sigma_B), as `nc1` on all data seen."""
+        return _nc1_from_stats(*self._stats())
+
+    def nc2(self) -> float:
+        """s_1 / s_K of the class-mean matrix, as `nc2` on all data seen."""
+        counts, means, _ = self._stats()
+        _require_all_classes(counts)
+        return _nc2_from_means(means)
+
+    def nc3(self) -> float:
+        """Mean cosine between z_i and W[y_i], as `nc3` on all data seen."""
+        if self.weight is None:
+            raise ValueError("nc3 needs the accumulator to be built with weight=")
+        if self.count == 0:
+            raise ValueError("nc3 needs at least one sample")
+        return self.cos_sum / self.count
+
+    def state_dict(self) -> dict:
+        """Sufficient statistics: counts [K], means [K, d], m2 [K], cos_sum."""
+        return {
+            "num_classes": self.num_classes,
+            "counts": None if self.counts is None else self.counts.clone(),
+            "means": None if self.means is None else self.means.clone(),
+            "m2": None if self.m2 is None else self.m2.clone(),
+            "cos_sum": self.cos_sum,
+        }
+
+    def merge(self, other: "NCAccumulator | dict") -> "NCAccumulator":
+        """Fold in another accumulator (or its state_dict) fed disjoint data."""
+        if isinstance(other, NCAccumulator):
+            if (self.weight is None) != (other.weight is None) or (
+                self.weight is not None
+                and not torch.equal(self.weight, other.weight.to(self.weight.device))
+            ):
+                raise ValueError("cannot merge accumulators built with different weights")
+            other = other.state_dict()
+        if other["num_classes"] != self.num_classes:
+            raise ValueError(
+                f"cannot merge: num_classes {self.num_classes} vs {other['num_classes']}"
+            )
+        if other["counts"] is not None:
+            self._merge_stats(other["counts"], other["means"], other["m2"])
+        self.cos_sum += float(other["cos_sum"])
+        return self
+
+
+class GramAccumulator:
+    """Streaming Gram matrix G = sum_batches x^T x (float64, [dim, dim]);
+    op_norm() = sqrt(lambda_max(G)) = ||X||_op of the stacked batches."""
+
+    def __init__(self, dim: int):
+        self.dim = int(dim)
+        self.gram = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add x^T x for a batch x [n, dim]."""
+        x = _check_2d(x, "x")
+        if x.shape[1] != self.dim:
+            raise ValueError(f"x must have {self.dim} columns, got {x.shape[1]}")
+        self.gram = self.gram.to(x.device)
+        self.gram += x.T @ x
+
+    def op_norm(self) -> float:
+        """sqrt of the largest eigenvalue of the accumulated Gram matrix."""
+        return _gram_op_norm(self.gram)
+
+    def merge(self, other: "GramAccumulator") -> "GramAccumulator":
+        """Add another accumulator's Gram matrix (disjoint rows)."""
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge: dim {self.dim} vs {other.dim}")
+        self.gram = self.gram + other.gram.to(self.gram.device)
+        return self
+
+
+class NegativityAccumulator:
+    """Streaming `negativity`: ||min(Z, 0)||_op / ||Z||_op from the Gram
+    matrices of Z and of min(Z, 0), fed row batches of Z [n, dim]."""
+
+    def __init__(self, dim: int):
+        self.full = GramAccumulator(dim)
+        self.neg = GramAccumulator(dim)
+
+    def update(self, preact: torch.Tensor) -> None:
+        """Add a batch of pre-activations [n, dim]."""
+        z = _check_2d(preact, "preact")
+        self.full.update(z)
+        self.neg.update(z.clamp_max(0.0))
+
+    def value(self) -> float:
+        """Negativity of all rows seen; 0 if they are all zero."""
+        denom = self.full.op_norm()
+        return 0.0 if denom == 0.0 else self.neg.op_norm() / denom
+
+    def merge(self, other: "NegativityAccumulator") -> "NegativityAccumulator":
+        """Fold in another accumulator fed disjoint rows."""
+        self.full.merge(other.full)
+        self.neg.merge(other.neg)
+        return self

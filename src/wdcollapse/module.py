@@ -1,0 +1,100 @@
+"""The LightningModule: loss, optimizer and learning-rate schedule around a LayerwiseNet."""
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from .models import LayerwiseNet
+
+LOSSES = ("mse", "cross_entropy")
+OPTIMIZERS = ("sgd", "gd", "adam", "adamw")
+
+
+def classification_loss(output: torch.Tensor, labels: torch.Tensor, loss: str, mse_reduction: str,
+                        num_total: int | None = None) -> torch.Tensor:
+    """`mse` on one-hot targets, reduced as torch's MSELoss (`mean` over all N*K entries) or as
+    the paper's C = 1/2 ||Z_L - Y||_F^2 (`half_sum`); or cross-entropy (mean over samples).
+    With `num_total`, the batch's share of the loss over a set of `num_total` samples, so
+    that summing the shares over a partition of the set gives the set's loss."""
+    n = num_total or len(labels)
+    if loss == "cross_entropy":
+        return F.cross_entropy(output, labels, reduction="sum") / n
+    diff = output - F.one_hot(labels, output.shape[1]).to(output.dtype)
+    if mse_reduction == "half_sum":
+        return 0.5 * diff.pow(2).sum()
+    if mse_reduction == "mean":
+        return diff.pow(2).sum() / (n * output.shape[1])
+    raise ValueError(f"unknown mse_reduction {mse_reduction!r}; choose 'mean' or 'half_sum'")
+
+
+def lr_factor(step: int, steps_per_epoch: int, max_epochs: int, warmup_epochs: float,
+              drop_at: float | None, drop_factor: float) -> float:
+    """Linear warm-up over `warmup_epochs`, then constant, times `drop_factor` from the
+    fraction `drop_at` of training on."""
+    factor = 1.0
+    warmup_steps = warmup_epochs * steps_per_epoch
+    if warmup_steps > 0 and step < warmup_steps:
+        factor = (step + 1) / warmup_steps
+    if drop_at is not None and step >= math.floor(drop_at * max_epochs) * steps_per_epoch:
+        factor *= drop_factor
+    return factor
+
+
+class CollapseModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: LayerwiseNet,
+        loss: str = "mse",
+        mse_reduction: str = "mean",
+        optim: dict | None = None,
+    ):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+        self.model = model
+        self.loss_name, self.mse_reduction = loss, mse_reduction
+        self.optim = dict(optim or {"name": "sgd", "lr": 0.01})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def loss(self, output: torch.Tensor, labels: torch.Tensor, num_total: int | None = None) -> torch.Tensor:
+        return classification_loss(output, labels, self.loss_name, self.mse_reduction, num_total)
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "to"):
+            datamodule.to(self.device)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self.model(x), y)
+        # Lightning's own logging is off the hot path: the metric callback logs per epoch.
+        return loss
+
+    def configure_optimizers(self):
+        o = self.optim
+        name = o.get("name", "sgd")
+        lr, wd = float(o["lr"]), float(o.get("weight_decay", 0.0))
+        params = self.model.parameters()
+        if name in ("sgd", "gd"):
+            momentum = 0.0 if name == "gd" else float(o.get("momentum", 0.0))
+            opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd,
+                                  nesterov=bool(o.get("nesterov", False)) and momentum > 0)
+        elif name == "adam":
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        elif name == "adamw":
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        else:
+            raise ValueError(f"unknown optim.name {name!r}; choose one of {OPTIMIZERS}")
+        max_epochs = self.trainer.max_epochs
+        steps = max(1, self.trainer.estimated_stepping_batches // max_epochs)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda step: lr_factor(step, steps, max_epochs, float(o.get("warmup_epochs", 0)),
+                                   o.get("lr_drop_at"), float(o.get("lr_drop_factor", 0.1))),
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,82 @@
+"""The metric pass: one forward pass over a data set that feeds per-layer streaming
+accumulators, so every layer's metrics come out of one sweep in bounded memory."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from . import metrics
+from .models import LayerwiseNet
+
+
+@torch.no_grad()
+def metric_pass(
+    net: LayerwiseNet,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    loss_fn=None,
+) -> tuple[dict[str, float], dict[str, list]]:
+    """Returns (metrics row, class-mean Gram matrices) for the layers l = 1..L.
+
+    Row keys: `nc1/layer_l`, `nc2/layer_l` (of Z_l), `negativity/layer_l` (activated layers,
+    on the pre-activation), `balancedness/layer_l` (pair l, l+1), `nc3` (Z_{L-1} against W_L),
+    `acc`, and `loss` (the sum of `loss_fn` over the batches) when `loss_fn` is given.
+    """
+    L = net.num_layers
+    weights = [w.detach() for w in net.weights]
+    penultimate = L - 2  # index of Z_{L-1}; -1 would be the trunk output, not tracked
+    outs = [
+        metrics.NCAccumulator(num_classes, weight=weights[-1] if l == penultimate else None)
+        for l in range(L)
+    ]
+    nonlinear = [l for l in range(L) if not net.is_linear[l]]
+    negs = {l: metrics.NegativityAccumulator(weights[l].shape[0]) for l in nonlinear}
+    # Class means of the last activated layer's pre-activation: the first Gram of the paper's
+    # figure is taken before the last ReLU.
+    last_pre = metrics.NCAccumulator(num_classes) if nonlinear else None
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        trace = net.forward_layers(x)
+        for l in range(L):
+            outs[l].update(trace.outputs[l], y)
+        for l, acc in negs.items():
+            acc.update(trace.preacts[l])
+        if last_pre is not None:
+            last_pre.update(trace.preacts[nonlinear[-1]], y)
+        if loss_fn is not None:
+            loss_sum += float(loss_fn(trace.output, y))
+        correct += int((trace.output.argmax(1) == y).sum())
+        count += len(y)
+
+    row: dict[str, float] = {}
+    for l in range(L):
+        row[f"nc1/layer_{l + 1}"] = outs[l].nc1()
+        row[f"nc2/layer_{l + 1}"] = outs[l].nc2()
+        if l in negs:
+            row[f"negativity/layer_{l + 1}"] = negs[l].value()
+        if l + 1 < L:
+            row[f"balancedness/layer_{l + 1}"] = metrics.balancedness(weights[l + 1], weights[l])
+    if penultimate >= 0:
+        row["nc3"] = outs[penultimate].nc3()
+    if loss_fn is not None:
+        row["loss"] = loss_sum
+    row["acc"] = correct / count
+
+    def gram(acc: metrics.NCAccumulator) -> list:
+        means = acc.class_means()
+        return (means @ means.T).tolist()
+
+    grams = {f"layer_{l + 1}": gram(outs[l]) for l in range(L)}
+    if last_pre is not None:
+        grams[f"preact_{nonlinear[-1] + 1}"] = gram(last_pre)
+    return row, grams
+
+
+@torch.no_grad()
+def accuracy(net: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    correct = count = 0
+    for x, y in batches:
+        correct += int((net(x).argmax(1) == y).sum())
+        count += len(y)
+    return correct / max(count, 1)

@@ -1,0 +1,173 @@
+"""Train one network and record its neural-collapse metrics, per layer, every epoch.
+
+    wdcollapse-train                                    # 6 ReLU + 3 linear MLP on MNIST
+    wdcollapse-train model.nonlinear_depth=6 model.linear_depth=3 optim.weight_decay=1.8e-3 seed=0
+    wdcollapse-train experiment=mlp_mnist preset=cpu    # a paper figure's run at CPU scale
+    wdcollapse-train -m seed=0,1,2 hydra/launcher=joblib   # a sweep, jobs in parallel
+    wdcollapse-train hydra.run.dir=outputs/my_run       # choose the run directory
+
+A run directory holds config.yaml (the resolved config), metrics.jsonl (one JSON object per
+evaluated epoch), grams.json, summary.json (status and final metrics), checkpoints/last.ckpt
+and wandb/ (an offline W&B run; `wandb sync <dir>` uploads it). Re-running the same command
+with the same run directory resumes a killed run and skips a finished one (resume=auto).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .callbacks import AtomicCheckpoint, Diverged, DivergenceGuard, MetricMonitor
+from .config import REPO_ROOT, ConfigError, check_config, check_output_override, check_writable, register_resolvers
+from .data.errors import DataCorruptError, DataNotFoundError
+from .io import atomic_write_json, atomic_write_text, keep_jsonl_rows, read_json, read_jsonl
+from .module import CollapseModule
+
+log = logging.getLogger("wdcollapse")
+TERMINAL = ("finished", "diverged")
+CONF_DIR = str(REPO_ROOT / "conf")
+
+
+def completed_epochs(ckpt: Path) -> int:
+    """Epochs finished when `ckpt` was written (it is saved at the end of an epoch)."""
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1
+
+
+def write_summary(out_dir: Path, **fields) -> dict:
+    summary = read_json(out_dir / "summary.json", default={}) | fields
+    summary["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def prepare_run_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """Make `out_dir` ready for this run; returns the checkpoint to resume from, if any."""
+    ckpt = out_dir / "checkpoints" / "last.ckpt"
+    metrics_path = out_dir / "metrics.jsonl"
+    if cfg.resume == "never" or not ckpt.exists():
+        # What a run killed before its first checkpoint (or an older run) left cannot be continued.
+        for stale in (metrics_path, ckpt, out_dir / "summary.json", out_dir / "error.txt", out_dir / "grams.json"):
+            stale.unlink(missing_ok=True)
+        return None
+    done = completed_epochs(ckpt)
+    # A kill between a metrics line and the checkpoint leaves rows the resumed run redoes.
+    keep_jsonl_rows(metrics_path, lambda row: row["epoch"] <= done)
+    log.info("resuming %s from epoch %d", out_dir, done)
+    return ckpt
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[pl.Trainer, MetricMonitor]:
+    monitor = instantiate(cfg.callbacks.metrics, out_dir=str(out_dir))
+    callbacks = [monitor, DivergenceGuard(), AtomicCheckpoint(out_dir / "checkpoints", cfg.callbacks.checkpoint_every_n_epochs)]
+    loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else []
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer = pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_checkpointing=True,  # our AtomicCheckpoint is the only checkpoint callback
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(out_dir),
+    )
+    return trainer, monitor
+
+
+def finish_loggers(trainer: pl.Trainer | None) -> None:
+    """Close the W&B run so the next job of a multirun (same process) starts its own."""
+    for logger in getattr(trainer, "loggers", []) or []:
+        logger.finalize("success")
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Train as `cfg` says into `out_dir`; returns the run's summary."""
+    check_config(cfg)
+    out_dir = check_writable(out_dir)
+    previous = read_json(out_dir / "summary.json")
+    if previous and previous.get("status") in TERMINAL and cfg.resume == "auto":
+        log.info("%s already %s; skipping", out_dir, previous["status"])
+        return previous
+    ckpt = prepare_run_dir(cfg, out_dir)
+    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    torch.set_num_threads(int(cfg.threads))
+    pl.seed_everything(int(cfg.seed), verbose=False)
+    datamodule = instantiate(cfg.data)
+    try:
+        datamodule.setup()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    module = CollapseModule(instantiate(cfg.model), cfg.loss.name, cfg.loss.mse_reduction,
+                            optim=OmegaConf.to_container(cfg.optim, resolve=True))
+
+    start = time.time()
+    write_summary(out_dir, status="running", name=cfg.name, seed=int(cfg.seed),
+                  num_train=datamodule.num_train, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    trainer = None
+    try:
+        trainer, monitor = build_trainer(cfg, out_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+        status, extra = "finished", {}
+    except Diverged as e:
+        log.warning("%s: %s", out_dir, e)
+        status, extra = "diverged", {"diverged_epoch": e.epoch, "diverged_step": e.step}
+    except BaseException as e:
+        write_summary(out_dir, status="failed", error=f"{type(e).__name__}: {e}")
+        atomic_write_text(out_dir / "error.txt", traceback.format_exc())
+        raise
+    finally:
+        finish_loggers(trainer)
+    rows = read_jsonl(out_dir / "metrics.jsonl")
+    return write_summary(
+        out_dir, status=status, epochs=rows[-1]["epoch"] if rows else 0,
+        final=rows[-1] if rows else {}, wall_seconds=round(time.time() - start, 2),
+        metric_seconds=round(monitor.metric_seconds, 2) if trainer else None, **extra,
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        summary = run(cfg, out_dir)
+        log.info("%s: %s (epoch %s)", out_dir, summary.get("status"), summary.get("epochs"))
+    except (ConfigError, DataNotFoundError, DataCorruptError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        if not multirun:
+            raise
+        # One failed job must not end the sweep: it is recorded in its summary.json.
+        print(f"error: run {out_dir} failed: {type(e).__name__}: {e} (see error.txt)", file=sys.stderr)
+
+
+def main() -> None:
+    register_resolvers()
+    try:
+        check_output_override(sys.argv[1:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
