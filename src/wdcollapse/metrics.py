@@ -38,7 +38,7 @@ def _check_2d(x: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a 2-D tensor, got {shape}")
-    return x.double()
+    return x.detach().double()
 
 
 def _check_inputs(features, labels, num_classes: int):

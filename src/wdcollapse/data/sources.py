@@ -57,10 +57,14 @@ def _load_idx(name: str, root, train: bool, download: bool):
         try:
             getattr(prepare, f"prepare_{name}")(root)  # looked up late so tests can patch it
         except DataNotFoundError as e:
+            problem = f"{name}: raw files missing in {raw} and they cannot be prepared here"
             if not download:
-                raise DataNotFoundError(f"{name}: raw files missing in {raw} and they "
-                                        f"cannot be prepared on this machine. {e}") from e
-            _torchvision_class(name)(str(root), train=train, download=True)
+                raise DataNotFoundError(f"{problem}. {e}") from e
+            try:
+                _torchvision_class(name)(str(root), train=train, download=True)
+            except (OSError, RuntimeError) as download_error:  # torchvision wraps URLErrors
+                raise DataNotFoundError(
+                    f"{problem} nor downloaded ({download_error}). {e}") from download_error
     prefix = "train" if train else "t10k"
     for kind in ("images-idx3", "labels-idx1"):
         fname = f"{prefix}-{kind}-ubyte"

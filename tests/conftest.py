@@ -1,0 +1,31 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# A tiny MLP on a small MNIST subset: the whole entry point in a few seconds.
+TINY = ["data.num_per_class=10", "model.width=32", "model.nonlinear_depth=2", "model.linear_depth=2",
+        "data.batch_size=32", "optim.warmup_epochs=0", "trainer.max_epochs=2"]
+
+
+def run_train(out_dir, *overrides, env=None, check=True, timeout=300):
+    """Run the real entry point in a subprocess; returns the CompletedProcess."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    cmd = [sys.executable, "-m", "wdcollapse.train", *overrides, f"hydra.run.dir={out_dir}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def read_metrics(out_dir):
+    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def tiny():
+    return list(TINY)

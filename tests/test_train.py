@@ -1,0 +1,145 @@
+"""End-to-end tests of `python -m wdcollapse.train` (the real Hydra entry point)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY, read_metrics, run_train
+
+
+def expected_keys(nonlinear, linear):
+    L = nonlinear + linear
+    keys = {"epoch", "step", "train/loss", "train/acc", "test/acc", "lr", "nc3"}
+    keys |= {f"nc1/layer_{l}" for l in range(1, L + 1)} | {f"nc2/layer_{l}" for l in range(1, L + 1)}
+    keys |= {f"negativity/layer_{l}" for l in range(1, nonlinear + 1)}
+    keys |= {f"balancedness/layer_{l}" for l in range(1, L)}
+    return keys
+
+
+def test_entry_point_writes_every_metric_for_every_layer_and_an_offline_wandb_run(tmp_path):
+    out = tmp_path / "run"
+    run_train(out, *TINY, "model.nonlinear_depth=3", "logger=wandb")
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert set(row) == expected_keys(3, 2)
+        assert all(v is not None for v in row.values())
+    assert rows[0]["step"] == 0 and rows[2]["step"] > rows[1]["step"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["final"] == rows[-1]
+    assert (out / "config.yaml").exists() and (out / "checkpoints" / "last.ckpt").exists()
+    offline_runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "wdcollapse-train"
+    assert script.exists(), "pip install -e . should install the wdcollapse-train console script"
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    run_train(tmp_path / "a", *TINY, "logger=none")
+    run_train(tmp_path / "b", *TINY, "logger=none")
+    assert (tmp_path / "a" / "metrics.jsonl").read_bytes() == (tmp_path / "b" / "metrics.jsonl").read_bytes()
+    run_train(tmp_path / "c", *TINY, "logger=none", "seed=1")
+    assert read_metrics(tmp_path / "c")[-1] != read_metrics(tmp_path / "a")[-1]
+
+
+def test_finished_run_is_skipped_on_rerun(tmp_path):
+    out = tmp_path / "run"
+    run_train(out, *TINY, "logger=none")
+    before = (out / "metrics.jsonl").read_bytes()
+    proc = run_train(out, *TINY, "logger=none")
+    assert "skipping" in proc.stdout + proc.stderr
+    assert (out / "metrics.jsonl").read_bytes() == before
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+    args = [*TINY, "logger=none", "trainer.max_epochs=8", "data.num_per_class=30"]
+    run_train(tmp_path / "ref", *args)
+    out = tmp_path / "killed"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, "-m", "wdcollapse.train", *args, f"hydra.run.dir={out}"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (out / "checkpoints" / "last.ckpt").exists() and len(read_metrics_safe(out)) >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((out / "summary.json").read_text())["status"] == "running"
+    run_train(out, *args)
+    ref, resumed = read_metrics(tmp_path / "ref"), read_metrics(out)
+    assert [r["epoch"] for r in resumed] == list(range(9))
+    for key, value in ref[-1].items():
+        assert resumed[-1][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def read_metrics_safe(out):
+    try:
+        return read_metrics(out)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+def test_divergence_is_recorded_and_exits_cleanly(tmp_path):
+    out = tmp_path / "run"
+    proc = run_train(out, *TINY, "logger=none", "optim.lr=1e6", "trainer.max_epochs=5")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged", proc.stderr[-2000:]
+    assert summary["diverged_epoch"] <= 5
+    assert read_metrics(out)[0]["epoch"] == 0
+
+
+@pytest.mark.parametrize("override,words", [
+    ("data.name=imagenet", ["data.name", "imagenet", "mnist"]),
+    ("model.width=0", ["model.width", "0", ">= 1"]),
+    ("model.linear_depth=0", ["model.linear_depth", ">= 1"]),
+    ("optim.lr=0", ["optim.lr", "> 0"]),
+    ("optim.weight_decay=-0.1", ["optim.weight_decay", ">= 0"]),
+    ("optim.name=lbfgs", ["optim.name", "lbfgs", "sgd"]),
+    ("model.activation=tanh", ["model.activation", "tanh", "relu"]),
+    ("data.num_per_class=7000", ["num_per_class=7000", "has only"]),
+])
+def test_bad_settings_fail_early_with_a_clear_message(tmp_path, override, words):
+    proc = run_train(tmp_path / "run", *TINY, "logger=none", override, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in proc.stderr, (word, proc.stderr[-1500:])
+
+
+def test_missing_data_directory_says_how_to_get_the_data(tmp_path):
+    proc = run_train(tmp_path / "run", *TINY, "logger=none", "data=cifar10", f"paths.data_dir={tmp_path}/nothing", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "image_folder" in proc.stderr and "download" in proc.stderr
+
+
+def test_check_writable_reports_a_directory_that_cannot_be_created(tmp_path):
+    from wdcollapse.config import ConfigError, check_writable
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot be written"):
+        check_writable(blocker / "run")
+    assert check_writable(tmp_path / "new" / "run").is_dir()
+
+
+def test_output_directory_under_a_file_is_reported(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = run_train(blocker / "run", *TINY, "logger=none", check=False)
+    assert proc.returncode == 2 and "not a writable directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_linear_head_of_one_layer_is_allowed_with_a_warning(tmp_path):
+    proc = run_train(tmp_path / "run", *TINY, "logger=none", "model.linear_depth=1")
+    assert "linear_depth=1" in proc.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
