@@ -16,12 +16,15 @@ def metric_pass(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     num_classes: int,
     loss_fn=None,
+    observers: Iterable = (),
 ) -> tuple[dict[str, float], dict[str, list]]:
     """Returns (metrics row, class-mean Gram matrices) for the layers l = 1..L.
 
     Row keys: `nc1/layer_l`, `nc2/layer_l` (of Z_l), `negativity/layer_l` (activated layers,
     on the pre-activation), `balancedness/layer_l` (pair l, l+1), `nc3` (Z_{L-1} against W_L),
     `acc`, and `loss` (the sum of `loss_fn` over the batches) when `loss_fn` is given.
+    Each observer sees every batch's trace through `update(trace, labels)` and adds its
+    `result()` dict to the row: extra quantities without a second pass over the data.
     """
     L = net.num_layers
     weights = [w.detach() for w in net.weights]
@@ -44,6 +47,8 @@ def metric_pass(
             acc.update(trace.preacts[l])
         if last_pre is not None:
             last_pre.update(trace.preacts[nonlinear[-1]], y)
+        for observer in observers:
+            observer.update(trace, y)
         if loss_fn is not None:
             loss_sum += float(loss_fn(trace.output, y))
         correct += int((trace.output.argmax(1) == y).sum())
@@ -62,6 +67,8 @@ def metric_pass(
     if loss_fn is not None:
         row["loss"] = loss_sum
     row["acc"] = correct / count
+    for observer in observers:
+        row.update(observer.result())
 
     def gram(acc: metrics.NCAccumulator) -> list:
         means = acc.class_means()

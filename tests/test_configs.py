@@ -1,0 +1,48 @@
+"""Every experiment config composes, resolves, passes the config check and builds its model."""
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from wdcollapse.config import check_config, register_resolvers
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+PRESETS = [None] + sorted(p.stem for p in (CONF / "preset").glob("*.yaml"))
+
+
+def compose_cfg(*overrides):
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=["logger=none", *overrides], return_hydra_config=True)
+
+
+def test_there_are_experiments():
+    assert {"mlp_mnist", "linear_depth_mnist", "nonlinear_depth_mnist", "resnet20_cifar10",
+            "linear_depth_cifar10", "resnet20_mnist"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_builds(experiment, preset):
+    overrides = [f"experiment={experiment}"] + ([f"preset={preset}"] if preset else [])
+    cfg = compose_cfg(*overrides)
+    with open_dict(cfg):
+        hydra_node = cfg.pop("hydra")
+    check_config(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert resolved["name"] == experiment
+    model = instantiate(cfg.model)
+    assert model.nonlinear_depth == cfg.model.nonlinear_depth and model.linear_depth == cfg.model.linear_depth
+    with torch.no_grad():
+        out = model(torch.zeros(2, *cfg.data.in_shape))
+    assert out.shape == (2, cfg.data.num_classes)
+    assert hydra_node.sweeper.params, "an experiment config declares its sweep"
+
+
+def test_nonlinear_depth_sweep_scales_weight_decay_with_depth():
+    cfg = compose_cfg("experiment=nonlinear_depth_mnist", "model.nonlinear_depth=9")
+    assert cfg.optim.weight_decay == pytest.approx(0.016 / 12)
