@@ -11,10 +11,11 @@ def test_mse_reductions_match_their_definitions():
     onehot = F.one_hot(y, 5).double()
     assert classification_loss(out, y, "mse", "mean") == pytest.approx(F.mse_loss(out, onehot).item(), rel=1e-12)
     assert classification_loss(out, y, "mse", "half_sum") == pytest.approx(0.5 * ((out - onehot) ** 2).sum().item(), rel=1e-12)
+    assert classification_loss(out, y, "mse", "half_mean") == pytest.approx(0.5 * ((out - onehot) ** 2).sum().item() / 12, rel=1e-12)
     assert classification_loss(out, y, "cross_entropy", "mean") == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-12)
 
 
-@pytest.mark.parametrize("loss,reduction", [("mse", "mean"), ("mse", "half_sum"), ("cross_entropy", "mean")])
+@pytest.mark.parametrize("loss,reduction", [("mse", "mean"), ("mse", "half_mean"), ("mse", "half_sum"), ("cross_entropy", "mean")])
 def test_loss_shares_over_a_partition_sum_to_the_full_loss(loss, reduction):
     torch.manual_seed(1)
     out, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 4, (30,))

@@ -48,12 +48,17 @@ class DivergenceGuard(Callback):
 class MetricMonitor(Callback):
     """Runs the metric pass on the training set (eval mode) at initialisation and then on the
     schedule; appends one JSON line per evaluated epoch to metrics.jsonl, writes the latest
-    class-mean Gram matrices to grams.json, and logs the row to every Lightning logger."""
+    class-mean Gram matrices to grams.json, and logs the row to every Lightning logger.
+    `theory` adds Theorem 3.1's `theory/*` quantities (see wdcollapse.theory): auto = for
+    models with a linear head of >= 2 layers, true, or false."""
 
     def __init__(self, out_dir: str | Path, schedule: str = "every", every_n: int = 1,
-                 num_points: int = 50, test_acc: bool = True):
+                 num_points: int = 50, test_acc: bool = True, theory: str | bool = "auto"):
         self.out_dir = Path(out_dir)
         self.schedule, self.every_n, self.num_points, self.test_acc = schedule, every_n, num_points, test_acc
+        if theory not in ("auto", True, False):
+            raise ValueError(f"callbacks.metrics.theory={theory!r}; choose auto, true or false")
+        self.theory = theory
         self.metric_seconds = 0.0
 
     @property
@@ -77,8 +82,12 @@ class MetricMonitor(Callback):
         was_training = pl_module.training
         pl_module.eval()
         n = data.num_train
+        from .theory import theory_observers  # theory imports config, which imports this module
+
+        observers = theory_observers(self.theory, pl_module.model, data.num_classes)
         row, grams = metric_pass(pl_module.model, data.eval_batches("train"), data.num_classes,
-                                 loss_fn=lambda out, y: pl_module.loss(out, y, num_total=n))
+                                 loss_fn=lambda out, y: pl_module.loss(out, y, num_total=n),
+                                 observers=observers)
         record = {"epoch": epoch, "step": trainer.global_step,
                   "train/loss": row.pop("loss"), "train/acc": row.pop("acc")}
         if self.test_acc:

@@ -12,7 +12,7 @@ from .callbacks import SCHEDULES
 from .data.sources import NUM_CLASSES
 from .models.activations import ACTIVATIONS
 from .models.layerwise import INITS
-from .module import LOSSES, OPTIMIZERS
+from .module import LOSSES, MSE_REDUCTIONS, OPTIMIZERS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = {"wdcollapse.models.MLP": "mlp", "wdcollapse.models.ResNet20": "resnet20"}
@@ -48,8 +48,8 @@ def check_config(cfg: DictConfig) -> None:
     _require(model.activation in ACTIVATIONS, "model.activation", model.activation, f"one of {list(ACTIVATIONS)}")
     _require(model.init in INITS, "model.init", model.init, f"one of {list(INITS)}")
     _require(cfg.loss.name in LOSSES, "loss.name", cfg.loss.name, f"one of {list(LOSSES)}")
-    _require(cfg.loss.mse_reduction in ("mean", "half_sum"), "loss.mse_reduction",
-             cfg.loss.mse_reduction, "'mean' or 'half_sum'")
+    _require(cfg.loss.mse_reduction in MSE_REDUCTIONS, "loss.mse_reduction",
+             cfg.loss.mse_reduction, f"one of {list(MSE_REDUCTIONS)}")
     _require(isinstance(model.nonlinear_depth, int) and model.nonlinear_depth >= 0,
              "model.nonlinear_depth", model.nonlinear_depth, "an integer >= 0")
     _require(isinstance(model.linear_depth, int) and model.linear_depth >= 1,

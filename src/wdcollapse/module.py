@@ -11,12 +11,15 @@ from .models import LayerwiseNet
 
 LOSSES = ("mse", "cross_entropy")
 OPTIMIZERS = ("sgd", "gd", "adam", "adamw")
+MSE_REDUCTIONS = ("half_mean", "half_sum", "mean")
 
 
 def classification_loss(output: torch.Tensor, labels: torch.Tensor, loss: str, mse_reduction: str,
                         num_total: int | None = None) -> torch.Tensor:
-    """`mse` on one-hot targets, reduced as torch's MSELoss (`mean` over all N*K entries) or as
-    the paper's C = 1/2 ||Z_L - Y||_F^2 (`half_sum`); or cross-entropy (mean over samples).
+    """`mse` on one-hot targets, reduced as the paper's C = 1/2 ||Z_L - Y||_F^2 (`half_sum`), as
+    C / N (`half_mean`: 1/2 ||z_i - y_i||^2 averaged over samples, the same objective for any
+    batch size) or as torch's MSELoss (`mean` over all N*K entries, K/2 times weaker); or
+    cross-entropy (mean over samples).
     With `num_total`, the batch's share of the loss over a set of `num_total` samples, so
     that summing the shares over a partition of the set gives the set's loss."""
     n = num_total or len(labels)
@@ -25,9 +28,11 @@ def classification_loss(output: torch.Tensor, labels: torch.Tensor, loss: str, m
     diff = output - F.one_hot(labels, output.shape[1]).to(output.dtype)
     if mse_reduction == "half_sum":
         return 0.5 * diff.pow(2).sum()
+    if mse_reduction == "half_mean":
+        return 0.5 * diff.pow(2).sum() / n
     if mse_reduction == "mean":
         return diff.pow(2).sum() / (n * output.shape[1])
-    raise ValueError(f"unknown mse_reduction {mse_reduction!r}; choose 'mean' or 'half_sum'")
+    raise ValueError(f"unknown mse_reduction {mse_reduction!r}; choose {MSE_REDUCTIONS}")
 
 
 def lr_factor(step: int, steps_per_epoch: int, max_epochs: int, warmup_epochs: float,
@@ -48,7 +53,7 @@ class CollapseModule(pl.LightningModule):
         self,
         model: LayerwiseNet,
         loss: str = "mse",
-        mse_reduction: str = "mean",
+        mse_reduction: str = "half_mean",
         optim: dict | None = None,
     ):
         super().__init__()

@@ -17,6 +17,7 @@ def metric_pass(
     num_classes: int,
     loss_fn=None,
     observers: Iterable = (),
+    exact: bool = True,
 ) -> tuple[dict[str, float], dict[str, list]]:
     """Returns (metrics row, class-mean Gram matrices) for the layers l = 1..L.
 
@@ -25,19 +26,22 @@ def metric_pass(
     `acc`, and `loss` (the sum of `loss_fn` over the batches) when `loss_fn` is given.
     Each observer sees every batch's trace through `update(trace, labels)` and adds its
     `result()` dict to the row: extra quantities without a second pass over the data.
+    `exact=False` computes each batch's statistics in the network's precision and only
+    accumulates them in float64 (the accumulators' fast path: ~1e-6 relative, faster).
     """
     L = net.num_layers
     weights = [w.detach() for w in net.weights]
     penultimate = L - 2  # index of Z_{L-1}; -1 would be the trunk output, not tracked
     outs = [
-        metrics.NCAccumulator(num_classes, weight=weights[-1] if l == penultimate else None)
+        metrics.NCAccumulator(num_classes, weight=weights[-1] if l == penultimate else None, exact=exact)
         for l in range(L)
     ]
     nonlinear = [l for l in range(L) if not net.is_linear[l]]
-    negs = {l: metrics.NegativityAccumulator(weights[l].shape[0]) for l in nonlinear}
+    negs = {l: metrics.NegativityAccumulator(weights[l].shape[0], exact=exact) for l in nonlinear}
     # Class means of the last activated layer's pre-activation: the first Gram of the paper's
     # figure is taken before the last ReLU.
-    last_pre = metrics.NCAccumulator(num_classes) if nonlinear else None
+    last_pre = metrics.NCAccumulator(num_classes, exact=exact) if nonlinear else None
+    # Loss and accuracy stay on the device until the end: no synchronisation per batch.
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in batches:
         trace = net.forward_layers(x)
@@ -50,23 +54,26 @@ def metric_pass(
         for observer in observers:
             observer.update(trace, y)
         if loss_fn is not None:
-            loss_sum += float(loss_fn(trace.output, y))
-        correct += int((trace.output.argmax(1) == y).sum())
+            loss_sum = loss_sum + torch.as_tensor(loss_fn(trace.output, y)).double()
+        correct = correct + (trace.output.argmax(1) == y).sum()
         count += len(y)
 
     row: dict[str, float] = {}
+    w64 = [w.double() for w in weights]
+    sq_ops = [metrics._sq_op_norm(w) for w in w64]  # each weight is in two pairs
     for l in range(L):
         row[f"nc1/layer_{l + 1}"] = outs[l].nc1()
         row[f"nc2/layer_{l + 1}"] = outs[l].nc2()
         if l in negs:
             row[f"negativity/layer_{l + 1}"] = negs[l].value()
         if l + 1 < L:
-            row[f"balancedness/layer_{l + 1}"] = metrics.balancedness(weights[l + 1], weights[l])
+            row[f"balancedness/layer_{l + 1}"] = metrics._balancedness(
+                w64[l + 1], w64[l], sq_ops[l + 1], sq_ops[l])
     if penultimate >= 0:
         row["nc3"] = outs[penultimate].nc3()
     if loss_fn is not None:
-        row["loss"] = loss_sum
-    row["acc"] = correct / count
+        row["loss"] = float(loss_sum)
+    row["acc"] = int(correct) / count
     for observer in observers:
         row.update(observer.result())
 

@@ -69,6 +69,8 @@ def prepare_run_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
 def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[pl.Trainer, MetricMonitor]:
     monitor = instantiate(cfg.callbacks.metrics, out_dir=str(out_dir))
     callbacks = [monitor, DivergenceGuard(), AtomicCheckpoint(out_dir / "checkpoints", cfg.callbacks.checkpoint_every_n_epochs)]
+    if cfg.callbacks.get("theory_gd") is not None:  # experiment=theory_gd: Theorem 4.4's setting
+        callbacks.insert(1, instantiate(cfg.callbacks.theory_gd, out_dir=str(out_dir)))
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else []
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -44,14 +44,15 @@ class PermutationBatches:
 
 
 class TensorDataModule(pl.LightningDataModule):
-    """A dataset held in memory as float tensors (normalised), with an optional class-balanced
-    training subset. `batch_size: null` means full-batch (gradient descent)."""
+    """A dataset held in memory as float tensors (normalised), with optional class-balanced
+    training and test subsets. `batch_size: null` means full-batch (gradient descent)."""
 
     def __init__(
         self,
         name: str,
         root: str | Path,
         num_per_class: int | None = None,
+        test_num_per_class: int | None = None,
         batch_size: int | None = 128,
         normalize: bool = True,
         download: bool = False,
@@ -70,7 +71,8 @@ class TensorDataModule(pl.LightningDataModule):
         if num_classes is not None and num_classes != self.num_classes:
             raise ValueError(f"data.num_classes={num_classes} but {name} has {self.num_classes} classes")
         self.in_shape = list(in_shape) if in_shape is not None else None
-        self.num_per_class, self.batch_size = num_per_class, batch_size
+        self.num_per_class, self.test_num_per_class = num_per_class, test_num_per_class
+        self.batch_size = batch_size
         self.normalize, self.download, self.image_folder = normalize, download, image_folder
         self.subset_seed, self.shuffle_seed, self.eval_chunk = subset_seed, shuffle_seed, eval_chunk
         self.train_x = self.train_y = self.test_x = self.test_y = None
@@ -93,7 +95,11 @@ class TensorDataModule(pl.LightningDataModule):
             keep = class_balanced_subset(y, self.num_per_class, self.num_classes, self.subset_seed)
             x, y = x[keep], y[keep]
         self.train_x, self.train_y = x.contiguous(), y
-        self.test_x, self.test_y = self._load(train=False)
+        x, y = self._load(train=False)
+        if self.test_num_per_class is not None:
+            keep = class_balanced_subset(y, self.test_num_per_class, self.num_classes, self.subset_seed)
+            x, y = x[keep], y[keep]
+        self.test_x, self.test_y = x.contiguous(), y
 
     def to(self, device: torch.device | str) -> "TensorDataModule":
         """Move the whole data set to the training device once: no per-batch copies."""

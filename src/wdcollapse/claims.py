@@ -1,0 +1,198 @@
+"""The four claims of PAPER.md, each decided from run directories by a stated rule.
+
+Every function returns {"id", "statement", "rule", "passed", "evidence"}; `passed` is None when
+the runs it needs are missing."""
+from __future__ import annotations
+
+import numpy as np
+
+from .plots.depth_sweeps import linear_depth_point, nonlinear_depth_point
+from .plots.training import gram_keys
+from .runs import Run
+
+# Thresholds of the rules, in one place.
+LINEAR_BALANCED = 0.1        # claim 1: final balancedness of every linear-head pair below this
+BALANCING_FALL = 10.0        # claim 1: ... after falling at least this factor from its peak
+EXPONENTIAL_R2 = 0.9         # claim 1: ... along a straight line in log scale over the last half
+NONLINEAR_GAP = 3.0          # claim 1: non-linear pairs stay on average this factor less balanced
+NC1_COLLAPSED = 0.05         # claim 2: NC1 of the penultimate features below this
+NC2_FALL = 5.0               # claim 2: NC2 of the penultimate features fell at least this factor
+NC2_CLOSE = 3.0              # claim 2: ... to below this (1 = orthogonal equal-norm class means)
+GRAM_OFF_DIAGONAL = 0.2      # claim 2: largest |cosine| between class means in the last Gram
+
+
+def spearman(x, y) -> float:
+    """Rank correlation (ties get their mean rank)."""
+    def ranks(v):
+        v = np.asarray(v, dtype=float)
+        order = v.argsort()
+        r = np.empty_like(v)
+        r[order] = np.arange(len(v))
+        for value in np.unique(v):
+            r[v == value] = r[v == value].mean()
+        return r
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _result(cid, statement, rule, passed, evidence):
+    return {"id": cid, "statement": statement, "rule": rule,
+            "passed": None if passed is None else bool(passed), "evidence": evidence}
+
+
+def _ok(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.status == "finished" and r.history]
+
+
+def log_linear_fit(epochs, values) -> tuple[float, float]:
+    """Slope of log(value) against epoch, and the R^2 of that straight line."""
+    x, y = np.asarray(epochs, dtype=float), np.log(np.asarray(values, dtype=float))
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (slope * x + intercept)
+    total = ((y - y.mean()) ** 2).sum()
+    return float(slope), float(1 - (residual ** 2).sum() / total) if total > 0 else float("nan")
+
+
+def claim1_linear_head_balances(runs: list[Run], first_layer: int = 1) -> dict:
+    statement = ("Linear-head layers become balanced: their balancedness falls (exponentially) during "
+                 "training, while the non-linear layers stay clearly less balanced.")
+    rule = (f"mean over seeds: final balancedness of every linear pair (both layers linear) < {LINEAR_BALANCED}, "
+            f"having fallen >= {BALANCING_FALL}x from its peak, along an exponential (log-linear fit over the "
+            f"last half of training with R^2 >= {EXPONENTIAL_R2} and a negative slope); and the mean final "
+            f"balancedness of the plotted non-linear pairs (layers {first_layer}..L1) >= {NONLINEAR_GAP}x "
+            "that of the least balanced linear pair")
+    runs = _ok(runs)
+    if not runs:
+        return _result(1, statement, rule, None, {"runs": 0})
+    L1, L = runs[0].nonlinear_depth, runs[0].num_layers
+    linear_pairs = list(range(L1 + 1, L))
+    nonlinear_pairs = list(range(first_layer, L1 + 1))
+    if not linear_pairs:
+        return _result(1, statement, rule, None, {"runs": len(runs), "why": "no pair of linear layers"})
+    per_seed = []
+    for run in runs:
+        falls, slopes, r2s = [], [], []
+        for l in linear_pairs:
+            epochs, values = run.series(f"balancedness/layer_{l}")
+            falls.append(max(values) / values[-1])
+            half = len(epochs) // 2
+            slope, r2 = log_linear_fit(epochs[half:], values[half:]) if len(epochs) - half >= 3 else (np.nan, np.nan)
+            slopes.append(slope)
+            r2s.append(r2)
+        per_seed.append({
+            "linear_final_max": max(run.final[f"balancedness/layer_{l}"] for l in linear_pairs),
+            "linear_fall_min": min(falls),
+            "linear_log_slope_max": max(slopes),
+            "linear_log_fit_r2_min": min(r2s),
+            "nonlinear_final_mean": float(np.mean([run.final[f"balancedness/layer_{l}"] for l in nonlinear_pairs])),
+            "nonlinear_final_min": min(run.final[f"balancedness/layer_{l}"] for l in nonlinear_pairs),
+        })
+    mean = {k: float(np.mean([s[k] for s in per_seed])) for k in per_seed[0]}
+    mean["gap"] = mean["nonlinear_final_mean"] / mean["linear_final_max"]
+    passed = (mean["linear_final_max"] < LINEAR_BALANCED and mean["linear_fall_min"] >= BALANCING_FALL
+              and mean["linear_log_slope_max"] < 0 and mean["linear_log_fit_r2_min"] >= EXPONENTIAL_R2
+              and mean["gap"] >= NONLINEAR_GAP)
+    evidence = {"runs": len(runs), "linear_pairs": linear_pairs, "nonlinear_pairs": nonlinear_pairs,
+                "mean": mean, "per_seed": per_seed}
+    return _result(1, statement, rule, passed, evidence)
+
+
+def max_offdiag_cosine(gram) -> float:
+    g = np.asarray(gram, dtype=float)
+    d = np.sqrt(np.clip(np.diag(g), 1e-300, None))
+    cos = g / np.outer(d, d)
+    np.fill_diagonal(cos, 0.0)
+    return float(np.abs(cos).max())
+
+
+def claim2_collapse(runs: list[Run]) -> dict:
+    statement = ("NC1 at the penultimate layer falls to small values; NC2 approaches 1 in the linear head; "
+                 "the class-mean Gram matrices of the linear head look diagonal.")
+    rule = (f"mean over seeds: final NC1 of Z_(L-1) < {NC1_COLLAPSED}; final NC2 of Z_(L-1) < {NC2_CLOSE} after "
+            f"falling >= {NC2_FALL}x from initialisation; largest |cosine| between class means in the last "
+            f"linear-head Gram < {GRAM_OFF_DIAGONAL}")
+    runs = _ok(runs)
+    if not runs:
+        return _result(2, statement, rule, None, {"runs": 0})
+    L = runs[0].num_layers
+    per_seed = []
+    for run in runs:
+        nc2 = run.series(f"nc2/layer_{L - 1}")[1]
+        grams = (run.grams or {}).get("grams", {})
+        keys = gram_keys(run)
+        per_seed.append({
+            "nc1_penultimate": run.final[f"nc1/layer_{L - 1}"],
+            "nc2_penultimate": run.final[f"nc2/layer_{L - 1}"],
+            "nc2_fall": nc2[0] / nc2[-1],
+            "nc2_linear_head": [run.final[f"nc2/layer_{l}"] for l in range(run.nonlinear_depth + 1, L)],
+            "gram_max_offdiag_cosine": {k: max_offdiag_cosine(grams[k]) for k in keys if k in grams},
+            "nc3": run.final.get("nc3"),
+            "train_acc": run.final.get("train/acc"),
+        })
+    last_key = gram_keys(runs[0])[-1]
+    mean = {
+        "nc1_penultimate": float(np.mean([s["nc1_penultimate"] for s in per_seed])),
+        "nc2_penultimate": float(np.mean([s["nc2_penultimate"] for s in per_seed])),
+        "nc2_fall": float(np.mean([s["nc2_fall"] for s in per_seed])),
+        "gram_max_offdiag_cosine_last": float(np.mean([s["gram_max_offdiag_cosine"].get(last_key, np.nan) for s in per_seed])),
+    }
+    passed = (mean["nc1_penultimate"] < NC1_COLLAPSED and mean["nc2_penultimate"] < NC2_CLOSE
+              and mean["nc2_fall"] >= NC2_FALL and mean["gram_max_offdiag_cosine_last"] < GRAM_OFF_DIAGONAL)
+    return _result(2, statement, rule, passed, {"runs": len(runs), "mean": mean, "per_seed": per_seed})
+
+
+def claim3_nc2_improves_with_linear_depth(runs: list[Run]) -> dict:
+    statement = "NC2 improves (falls towards 1) as the linear head gets deeper."
+    rule = ("for each weight decay: Spearman correlation between the number of linear layers and the final NC2 "
+            "of the penultimate features < 0, and NC2 at the deepest head < NC2 at the shallowest")
+    runs = _ok(runs)
+    if not runs:
+        return _result(3, statement, rule, None, {"runs": 0})
+    by_wd: dict[float, dict[int, list[float]]] = {}
+    for run in runs:
+        wd = float(run.config["optim"]["weight_decay"])
+        by_wd.setdefault(wd, {}).setdefault(run.linear_depth, []).append(linear_depth_point(run)["nc2_last"])
+    evidence, verdicts = {"runs": len(runs), "by_weight_decay": {}}, []
+    for wd, by_depth in sorted(by_wd.items()):
+        depths = sorted(by_depth)
+        means = [float(np.mean(by_depth[d])) for d in depths]
+        rho = spearman(depths, means)
+        ok = rho < 0 and means[-1] < means[0]
+        verdicts.append(ok)
+        evidence["by_weight_decay"][f"{wd:g}"] = {"linear_depths": depths, "nc2_penultimate": means,
+                                                  "spearman": rho, "holds": ok}
+    return _result(3, statement, rule, all(verdicts), evidence)
+
+
+def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
+    statement = ("As the non-linear part gets deeper, its layers become more balanced and less non-linear "
+                 "(mean balancedness and mean negativity of the non-linear layers fall with depth).")
+    rule = ("for each learning rate, on seed means: Spearman correlation with non-linear depth < 0 for both the "
+            "mean balancedness and the mean negativity of the non-linear layers, and both lower at the deepest "
+            "network than at the shallowest")
+    runs = _ok(runs)
+    if not runs:
+        return _result(4, statement, rule, None, {"runs": 0})
+    by_lr: dict[float, dict[int, list[dict]]] = {}
+    for run in runs:
+        lr = float(run.config["optim"]["lr"])
+        by_lr.setdefault(lr, {}).setdefault(run.nonlinear_depth, []).append(nonlinear_depth_point(run))
+    evidence, verdicts = {"runs": len(runs), "by_lr": {}}, []
+    for lr, by_depth in sorted(by_lr.items()):
+        depths = sorted(by_depth)
+        entry = {"nonlinear_depths": depths}
+        ok = True
+        for key in ("balancedness_mean", "negativity_mean", "balancedness_min", "negativity_min"):
+            means = [float(np.nanmean([p[key] for p in by_depth[d]])) for d in depths]
+            entry[key] = means
+            entry[f"{key}_spearman"] = spearman(depths, means)
+            if key.endswith("_mean"):
+                ok = ok and entry[f"{key}_spearman"] < 0 and means[-1] < means[0]
+        entry["holds"] = ok
+        verdicts.append(ok)
+        evidence["by_lr"][f"{lr:g}"] = entry
+    return _result(4, statement, rule, all(verdicts), evidence)

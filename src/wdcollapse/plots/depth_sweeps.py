@@ -1,0 +1,94 @@
+"""The depth sweeps: NC1/NC2 at convergence against the number of linear layers (Fig. 2), and
+balancedness/negativity of the non-linear layers against non-linear depth (Fig. 3)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..runs import Run
+from .common import log_scale_if_spanning_decades, save_figure
+
+
+def linear_depth_point(run: Run) -> dict[str, float]:
+    """NC1 and NC2 at the end of training, of the features entering the last layer (Z_{L-1})
+    and of those entering the first linear layer (Z_{L1})."""
+    L, L1, row = run.num_layers, run.nonlinear_depth, run.final
+    return {
+        "nc1_last": row.get(f"nc1/layer_{L - 1}"),
+        "nc2_last": row.get(f"nc2/layer_{L - 1}"),
+        "nc1_first_linear": row.get(f"nc1/layer_{L1}"),
+        "nc2_first_linear": row.get(f"nc2/layer_{L1}"),
+    }
+
+
+def nonlinear_depth_point(run: Run) -> dict[str, float]:
+    """Min and mean balancedness over the pairs of non-linear layers (l, l+1), l < L1, and min
+    and mean negativity over the non-linear layers, at the end of training."""
+    L1, row = run.nonlinear_depth, run.final
+    bal = [row.get(f"balancedness/layer_{l}") for l in range(1, L1)]
+    neg = [row.get(f"negativity/layer_{l}") for l in range(1, L1 + 1)]
+    bal = [v for v in bal if v is not None]
+    neg = [v for v in neg if v is not None]
+    nan = float("nan")
+    return {
+        "balancedness_min": min(bal) if bal else nan, "balancedness_mean": float(np.mean(bal)) if bal else nan,
+        "negativity_min": min(neg) if neg else nan, "negativity_mean": float(np.mean(neg)) if neg else nan,
+    }
+
+
+def group_by(runs: list[Run], x_of, group_of) -> dict:
+    """{group: {x: [runs]}} for runs that have a final row."""
+    grouped: dict = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if run.history:
+            grouped[group_of(run)][x_of(run)].append(run)
+    return grouped
+
+
+def _errorbar(ax, xs, per_x_values, label, fmt):
+    means = [np.nanmean(v) for v in per_x_values]
+    stds = [np.nanstd(v) for v in per_x_values]
+    ax.errorbar(xs, means, yerr=stds, fmt=fmt, capsize=3, label=label)
+    return means
+
+
+def plot_linear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str = "") -> list[Path]:
+    grouped = group_by(runs, lambda r: r.linear_depth, lambda r: float(r.config["optim"]["weight_decay"]))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("nc1", "nc2")):
+        shown = []
+        for wd, by_depth in sorted(grouped.items()):
+            xs = sorted(by_depth)
+            for where, fmt in (("last", "o-"), ("first_linear", "s--")):
+                values = [[linear_depth_point(r)[f"{metric}_{where}"] for r in by_depth[x]] for x in xs]
+                label = f"wd {wd:g}, {'input of last layer' if where == 'last' else 'input of first linear layer'}"
+                shown += _errorbar(ax, xs, values, label, fmt)
+        log_scale_if_spanning_decades(ax, shown, decades=1.0)
+        ax.set_xlabel("number of linear layers L2")
+        ax.set_title(f"{metric.upper()} at the end of training", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path_stem)
+
+
+def plot_nonlinear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str = "") -> list[Path]:
+    grouped = group_by(runs, lambda r: r.nonlinear_depth, lambda r: float(r.config["optim"]["lr"]))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("balancedness", "negativity")):
+        for lr, by_depth in sorted(grouped.items()):
+            xs = sorted(by_depth)
+            for stat, fmt in (("mean", "o-"), ("min", "s--")):
+                values = [[nonlinear_depth_point(r)[f"{metric}_{stat}"] for r in by_depth[x]] for x in xs]
+                _errorbar(ax, xs, values, f"{stat}, lr {lr:g}", fmt)
+        ax.set_xlabel("number of non-linear layers L1")
+        ax.set_title(f"{metric} of the non-linear layers (end of training)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path_stem)

@@ -1,0 +1,157 @@
+"""Figures and the claims report of a reproduction, from its run directories."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import claims
+from .io import atomic_write_json, atomic_write_text
+from .plots.depth_sweeps import plot_linear_depth_sweep, plot_nonlinear_depth_sweep
+from .plots.training import plot_grams, plot_training_curves
+from .runs import Run
+
+# Layers the paper plots in its training-curve figures (the MLP figure omits the first two).
+FIRST_PLOTTED_LAYER = {"mlp_mnist": 3, "resnet20_cifar10": 1}
+TITLES = {
+    "mlp_mnist": "MLP (6 ReLU + 3 linear) on MNIST",
+    "resnet20_cifar10": "ResNet20 + 3 ReLU + 3 linear on CIFAR-10",
+    "linear_depth_mnist": "MLP with 5 ReLU layers on MNIST: linear-head depth",
+    "linear_depth_cifar10": "ResNet20 on CIFAR-10: linear-head depth",
+    "resnet20_mnist": "ResNet20 on MNIST: linear-head depth",
+    "nonlinear_depth_mnist": "MLP on MNIST: non-linear depth",
+}
+# What the paper says of each figure's settings (PAPER.md); None = not stated.
+PAPER = {
+    "mlp_mnist": {"optim.lr": 0.001, "optim.weight_decay": 0.0018, "seeds": 5},
+    "linear_depth_mnist": {"optim.lr": 0.001, "optim.weight_decay": "0.001 and 0.004"},
+    "nonlinear_depth_mnist": {"optim.lr": "0.001 or 0.002", "optim.weight_decay": "0.016 / L"},
+    "resnet20_cifar10": {"optim.lr": 0.001, "optim.weight_decay": 0.001, "trainer.max_epochs": "~5000"},
+    "linear_depth_cifar10": {"optim.lr": 0.001, "optim.weight_decay": 0.001},
+    "resnet20_mnist": {},
+}
+UNKNOWN_IN_PAPER = ["optim.name", "optim.momentum", "optim.warmup_epochs", "optim.lr_drop_at", "data.batch_size",
+                    "model.width", "model.init", "model.bias", "loss.mse_reduction"]
+ALWAYS_SHOWN = ["optim.lr", "optim.weight_decay", "data.num_per_class", "trainer.max_epochs"]
+
+
+def _get(config: dict, key: str):
+    node = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def make_figures(out: Path, figures, runs_of: Callable) -> list[Path]:
+    fig_dir = out / "figures"
+    made: list[Path] = []
+    for figure in figures:
+        runs = runs_of(figure)
+        title = TITLES.get(figure.experiment, figure.name)
+        if figure.experiment in FIRST_PLOTTED_LAYER:
+            made += plot_training_curves(runs, fig_dir / f"{figure.name}_curves",
+                                         FIRST_PLOTTED_LAYER[figure.experiment], title)
+            finished = [r for r in runs if r.status == "finished" and r.grams]
+            if finished:
+                made += plot_grams(finished[0], fig_dir / f"{figure.name}_grams", title)
+        elif figure.experiment.startswith("linear_depth") or figure.experiment == "resnet20_mnist":
+            made += plot_linear_depth_sweep(runs, fig_dir / f"{figure.name}", title)
+        elif figure.experiment.startswith("nonlinear_depth"):
+            made += plot_nonlinear_depth_sweep(runs, fig_dir / f"{figure.name}", title)
+    return made
+
+
+def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
+    """(setting, the paper's value, ours) for what the paper states and what it leaves open."""
+    if not runs:
+        return []
+    config = runs[0].config
+    paper = PAPER.get(figure.experiment, {})
+    rows = []
+    for key in ALWAYS_SHOWN + [k for k in paper if k not in ALWAYS_SHOWN and k != "seeds"]:
+        values = sorted({str(_get(r.config, key)) for r in runs})
+        ours = ", ".join(values)
+        if key == "data.num_per_class" and values == ["None"]:
+            ours = "full training set"
+        stated = paper.get(key, {"data.num_per_class": "full training set (presumably)",
+                                 "trainer.max_epochs": "5000-10000 (reported)"}.get(key, "not stated"))
+        rows.append((key, str(stated), ours))
+    seeds = sorted({r.config.get("seed") for r in runs})
+    rows.append(("seeds", str(paper.get("seeds", "not stated")), f"{len(seeds)} ({', '.join(map(str, seeds))})"))
+    for key in UNKNOWN_IN_PAPER:
+        rows.append((key, "not stated (ASSUMPTION)", str(_get(config, key))))
+    return rows
+
+
+def status_rows(figure, runs: list[Run]) -> dict:
+    counts = {s: sum(r.status == s for r in runs) for s in ("finished", "diverged", "failed", "running")}
+    times = [r.summary.get("wall_seconds") for r in runs if r.summary.get("wall_seconds")]
+    return {"expected": figure.num_runs, **counts,
+            "mean_run_seconds": round(float(np.mean(times)), 1) if times else None,
+            "diverged_runs": [r.path.name for r in runs if r.status == "diverged"]}
+
+
+def decide_claims(figures, runs_of: Callable) -> list[dict]:
+    by_experiment = {f.experiment: f for f in figures}
+
+    def runs_for(experiment: str) -> list[Run]:
+        return runs_of(by_experiment[experiment]) if experiment in by_experiment else []
+
+    return [
+        claims.claim1_linear_head_balances(runs_for("mlp_mnist"), FIRST_PLOTTED_LAYER["mlp_mnist"]),
+        claims.claim2_collapse(runs_for("mlp_mnist")),
+        claims.claim3_nc2_improves_with_linear_depth(runs_for("linear_depth_mnist")),
+        claims.claim4_deeper_is_more_linear(runs_for("nonlinear_depth_mnist")),
+    ]
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: dict) -> dict:
+    decided = decide_claims(figures, runs_of)
+    status = {f.name: status_rows(f, runs_of(f)) for f in figures}
+    settings = {f.name: settings_rows(f, runs_of(f)) for f in figures}
+    report = {"preset": preset, "claims": decided, "runs": status, "skipped_figures": skipped,
+              "settings": {name: [dict(zip(("setting", "paper", "here"), row)) for row in rows]
+                           for name, rows in settings.items()}}
+    atomic_write_json(out / "report.json", report)
+
+    lines = [f"# Reproduction report (preset `{preset}`)", "",
+             "Jacot, Súkeník, Wang, Mondelli, *Wide Neural Networks Trained with Weight Decay Provably "
+             "Exhibit Neural Collapse*, ICLR 2025. Claims as listed in PAPER.md; each is decided by the "
+             "rule shown, from the run directories under `runs/`.", "", "## Claims", ""]
+    for c in decided:
+        verdict = "PASS" if c["passed"] else ("NOT RUN" if c["passed"] is None else "FAIL")
+        lines += [f"### Claim {c['id']}: **{verdict}**", "", c["statement"], "", f"*Rule:* {c['rule']}", ""]
+        evidence = c["evidence"]
+        for key, value in evidence.items():
+            if key == "per_seed":
+                continue
+            lines.append(f"- {key}: {_fmt(value)}")
+        lines.append("")
+    lines += ["## Runs", "", "| figure | expected | finished | diverged | failed | running | mean s/run |",
+              "|---|---|---|---|---|---|---|"]
+    for name, s in status.items():
+        lines.append(f"| {name} | {s['expected']} | {s['finished']} | {s['diverged']} | {s['failed']} | "
+                     f"{s['running']} | {s['mean_run_seconds']} |")
+    for name, why in skipped.items():
+        lines.append(f"| {name} | skipped: {why} | | | | | |")
+    lines += ["", "## Settings that differ from the paper or that the paper leaves open", ""]
+    for name, rows in settings.items():
+        if not rows:
+            continue
+        lines += [f"### {name}", "", "| setting | paper | here |", "|---|---|---|"]
+        lines += [f"| `{k}` | {p} | {h} |" for k, p, h in rows]
+        lines.append("")
+    lines += ["## Figures", ""] + [f"- `figures/{p.name}`" for p in sorted((out / "figures").glob("*.png"))]
+    atomic_write_text(out / "REPORT.md", "\n".join(lines) + "\n")
+    return report

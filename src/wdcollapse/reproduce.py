@@ -1,0 +1,220 @@
+"""Regenerate the paper's figures: one Hydra multirun per figure -> run directories -> plots ->
+claims report.
+
+    make reproduce                                  # MNIST figures, cpu preset (< 1 h, 2 cores)
+    make reproduce PRESET=smoke                     # the whole pipeline in minutes
+    make reproduce PRESET=paper                     # the paper's settings (meant for a GPU)
+    make reproduce CIFAR=../shared/data/cifar10-jpg.tar.gz   # also the CIFAR-10 figures
+    python -m wdcollapse.reproduce --preset cpu --only mlp_mnist --plots-only
+
+Outputs go to outputs/reproduce/<preset>/: runs/<figure>/<overrides>/ (one run directory per
+job), figures/*.png|pdf, REPORT.md and report.json, logs/<figure>.log (the multirun's output).
+Re-running skips finished runs, resumes killed ones, and re-plots.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .config import REPO_ROOT
+from .io import read_json
+from .runs import Run, load_runs
+
+TERMINAL = ("finished", "diverged", "failed")
+
+
+@dataclass
+class Figure:
+    name: str
+    experiment: str
+    sweep: dict[str, str]
+    overrides: list[str] = field(default_factory=list)
+    needs: str | None = None
+
+    def combinations(self) -> list[dict[str, str]]:
+        keys = list(self.sweep)
+        values = [str(self.sweep[k]).split(",") for k in keys]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+    @property
+    def num_runs(self) -> int:
+        return len(self.combinations())
+
+
+def load_spec(preset: str) -> tuple[int, list[Figure]]:
+    path = REPO_ROOT / "conf" / "reproduce" / f"{preset}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise SystemExit(f"error: unknown preset {preset!r}; choose one of {available}")
+    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    figures = [
+        Figure(name, f["experiment"], {k: str(v) for k, v in f.get("sweep", {}).items()},
+               list(f.get("overrides", [])), f.get("needs"))
+        for name, f in spec["figures"].items()
+    ]
+    return int(spec.get("jobs", 2)), figures
+
+
+def matches_sweep(run: Run, figure: Figure) -> bool:
+    """Whether a run directory belongs to the figure's current sweep (old sweeps may linger)."""
+    for key, values in figure.sweep.items():
+        node = run.config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        allowed = [float(v) if _is_number(v) else v for v in str(values).split(",")]
+        value = float(node) if _is_number(node) else node
+        if not any(value == a or (isinstance(a, float) and isinstance(value, float) and abs(value - a) <= 1e-12 * abs(a))
+                   for a in allowed):
+            return False
+    return True
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+        return not isinstance(value, bool)
+    except (TypeError, ValueError):
+        return False
+
+
+def figure_runs(out: Path, figure: Figure) -> list[Run]:
+    return [r for r in load_runs(out / "runs" / figure.name) if matches_sweep(r, figure)]
+
+
+def multirun_command(figure: Figure, preset: str, sweep_dir: Path, jobs: int, extra: list[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "wdcollapse.train", "-m",
+        f"experiment={figure.experiment}", f"preset={preset}",
+        "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}",
+        f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.override_dirname}",
+        f"logger.wandb.group={figure.name}-{preset}",
+        *[f"{k}={v}" for k, v in figure.sweep.items()], *figure.overrides, *extra,
+    ]
+
+
+class Progress(threading.Thread):
+    """Prints which runs of a figure are done and running, every `every` seconds."""
+
+    def __init__(self, figure: Figure, sweep_dir: Path, every: float = 30.0):
+        super().__init__(daemon=True)
+        self.figure, self.sweep_dir, self.every = figure, sweep_dir, every
+        self.stop = threading.Event()
+        self.start_time = time.time()
+
+    def report(self) -> str:
+        runs = [r for r in load_runs(self.sweep_dir) if matches_sweep(r, self.figure)]
+        done = [r for r in runs if r.status in TERMINAL]
+        running = [r for r in runs if r.status == "running"]
+        times = [r.summary.get("wall_seconds") for r in done if r.summary.get("wall_seconds")]
+        per_run = f", {sum(times) / len(times):.0f} s/run" if times else ""
+        epochs = ", ".join(f"{r.final.get('epoch', 0)}/{r.config['trainer']['max_epochs']}" for r in running)
+        elapsed = time.time() - self.start_time
+        return (f"[{self.figure.name}] {len(done)}/{self.figure.num_runs} done, {len(running)} running"
+                f"{' (epochs ' + epochs + ')' if running else ''}{per_run}, {elapsed / 60:.1f} min")
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            print(self.report(), flush=True)
+
+
+def run_figure(figure: Figure, preset: str, out: Path, jobs: int, extra: list[str]) -> bool:
+    """Run the figure's multirun unless every run of it already finished; True on success."""
+    sweep_dir = out / "runs" / figure.name
+    runs = figure_runs(out, figure)
+    if len(runs) >= figure.num_runs and all(r.status in TERMINAL for r in runs):
+        print(f"[{figure.name}] all {figure.num_runs} runs already done: skipping", flush=True)
+        return True
+    log_path = out / "logs" / f"{figure.name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = multirun_command(figure, preset, sweep_dir, jobs, extra)
+    print(f"[{figure.name}] {figure.num_runs} runs, {jobs} at a time; log: {log_path}", flush=True)
+    progress = Progress(figure, sweep_dir)
+    progress.start()
+    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "WANDB_SILENT": "true"}
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        code = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    progress.stop.set()
+    print(progress.report(), flush=True)
+    if code != 0:
+        print(f"[{figure.name}] the multirun exited with {code}; see {log_path}", file=sys.stderr, flush=True)
+    return code == 0
+
+
+def cifar_overrides(cifar: str | None, data_dir: Path) -> list[str] | None:
+    """Overrides that point the CIFAR-10 figures at their data, or None when there is none.
+    `cifar` is a JPEG image folder, the cifar10-jpg tarball (extracted once), or `torchvision`
+    (the official files under the data directory, downloaded where there is internet)."""
+    if not cifar:
+        return None
+    if cifar == "torchvision":
+        return ["data.download=true"]
+    path = Path(cifar).resolve()
+    if path.is_file():
+        from .data.prepare import extract_image_folder
+
+        path = extract_image_folder(path, data_dir / "cifar10-jpg")
+    if not (path / "train").is_dir():
+        raise SystemExit(f"error: --cifar {cifar}: expected a folder with train/ and test/ class folders "
+                         "or the cifar10-jpg tarball")
+    return [f"data.image_folder={path}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", help="cpu (default), smoke or paper: conf/reproduce/<preset>.yaml")
+    parser.add_argument("--out", default=None, help="output folder (default outputs/reproduce/<preset>)")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: the preset's)")
+    parser.add_argument("--only", nargs="*", default=None, help="only these figures")
+    parser.add_argument("--cifar", default=None,
+                        help="CIFAR-10 for the CIFAR figures: an image folder, the cifar10-jpg tarball, or 'torchvision'")
+    parser.add_argument("--plots-only", action="store_true", help="re-plot and re-report from existing runs")
+    args = parser.parse_args(argv)
+
+    jobs, figures = load_spec(args.preset)
+    jobs = args.jobs or jobs
+    out = Path(args.out) if args.out else REPO_ROOT / "outputs" / "reproduce" / args.preset
+    out.mkdir(parents=True, exist_ok=True)
+    if args.only is not None:
+        unknown = set(args.only) - {f.name for f in figures}
+        if unknown:
+            raise SystemExit(f"error: unknown figure(s) {sorted(unknown)}; choose from {[f.name for f in figures]}")
+        figures = [f for f in figures if f.name in args.only]
+    cifar = cifar_overrides(args.cifar, REPO_ROOT / "data")
+
+    start = time.time()
+    skipped = {}
+    for figure in figures:
+        if figure.needs == "cifar10" and cifar is None:
+            skipped[figure.name] = "needs CIFAR-10: pass --cifar DIR|TARBALL|torchvision (make reproduce CIFAR=...)"
+            continue
+        if not args.plots_only:
+            run_figure(figure, args.preset, out, jobs, cifar if figure.needs == "cifar10" else [])
+
+    from .report import make_figures, write_report
+
+    made = make_figures(out, [f for f in figures if f.name not in skipped], lambda f: figure_runs(out, f))
+    report = write_report(out, args.preset, [f for f in figures if f.name not in skipped],
+                          lambda f: figure_runs(out, f), skipped)
+    print(f"\nfigures: {out / 'figures'} ({len(made)} files)")
+    for claim in report["claims"]:
+        verdict = "PASS" if claim["passed"] else ("n/a" if claim["passed"] is None else "FAIL")
+        print(f"claim {claim['id']}: {verdict}  {claim['statement']}")
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    print(f"report: {out / 'REPORT.md'}  ({(time.time() - start) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""`make reproduce PRESET=smoke` end to end, and re-running it."""
+import json
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+FIGURES = ["mlp_mnist_curves", "mlp_mnist_grams", "linear_depth_mnist", "nonlinear_depth_mnist", "resnet20_mnist"]
+
+
+def reproduce(out):
+    cmd = [sys.executable, "-m", "wdcollapse.reproduce", "--preset", "smoke", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    return out, reproduce(out)
+
+
+def test_every_figure_is_a_valid_image(smoke):
+    out, _ = smoke
+    for name in FIGURES:
+        png = mpimg.imread(out / "figures" / f"{name}.png")
+        assert png.ndim == 3 and png.shape[0] > 200 and png.shape[1] > 200, name
+        assert (out / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF"), name
+
+
+def test_report_lists_the_four_claims(smoke):
+    out, proc = smoke
+    report = json.loads((out / "report.json").read_text())
+    assert [c["id"] for c in report["claims"]] == [1, 2, 3, 4]
+    for claim in report["claims"]:
+        assert isinstance(claim["passed"], bool) and claim["evidence"]["runs"] > 0
+    assert set(report["skipped_figures"]) == {"resnet20_cifar10", "linear_depth_cifar10"}
+    text = (out / "REPORT.md").read_text()
+    assert "Claim 4" in text and "not stated (ASSUMPTION)" in text
+    assert "claim 1:" in proc.stdout
+
+
+def test_every_run_finished_with_its_own_offline_wandb_run(smoke):
+    out, _ = smoke
+    runs = [p for p in (out / "runs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 2 + 4 + 2 + 2
+    for run in runs:
+        assert json.loads((run / "summary.json").read_text())["status"] == "finished", run
+        assert len(list((run / "wandb").glob("offline-run-*"))) == 1, run
+
+
+def test_rerun_skips_finished_runs_and_replots(smoke):
+    out, _ = smoke
+    metrics = sorted((out / "runs").glob("*/*/metrics.jsonl"))
+    before = {p: p.stat().st_mtime_ns for p in metrics}
+    png = out / "figures" / "mlp_mnist_curves.png"
+    png_before = png.stat().st_mtime_ns
+    proc = reproduce(out)
+    assert proc.stdout.count("already done: skipping") == 4
+    assert {p: p.stat().st_mtime_ns for p in metrics} == before
+    assert png.stat().st_mtime_ns > png_before
