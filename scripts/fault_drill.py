@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = ["data.num_per_class=30", "model.width=64", "data.batch_size=50", "logger=none"]
+RUN = ["data.num_per_class=100", "model.width=128", "data.batch_size=50", "logger=none"]
 
 
 def command(out: Path, epochs: int) -> list[str]:
@@ -49,7 +49,7 @@ def max_relative_difference(a: dict, b: dict) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--out", default=str(REPO / "outputs" / "fault_drill"))
     args = parser.parse_args()
@@ -59,16 +59,32 @@ def main() -> int:
     env = {**os.environ, "WANDB_MODE": "disabled"}
 
     start = time.time()
-    subprocess.run(command(out / "reference", args.epochs), cwd=REPO, env=env, check=True, capture_output=True)
-    reference_seconds = time.time() - start
+    proc = subprocess.Popen(command(out / "reference", args.epochs), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not read_rows(out / "reference") and proc.poll() is None:
+        time.sleep(0.02)
+    startup = time.time() - start  # imports, data, model: until the epoch-0 metrics exist
+    if proc.wait() != 0:
+        raise SystemExit("the reference run failed")
+    per_epoch = (time.time() - start - startup) / args.epochs
+    print(f"reference run: start-up {startup:.1f} s, {per_epoch:.2f} s per epoch", flush=True)
     reference = read_rows(out / "reference")
 
     killed_dir, survived, kills = out / "killed", 0, 0
     for _ in range(args.kills):
         before = len(read_rows(killed_dir))
+        if before == args.epochs + 1:
+            break
         proc = subprocess.Popen(command(killed_dir, args.epochs), cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.0, reference_seconds))
+        # One kill in five lands during start-up (loading the checkpoint, trimming metrics.jsonl),
+        # the others at a random moment of the training that is left.
+        if rng.random() < 0.2:
+            time.sleep(rng.uniform(0.0, startup))
+        else:
+            while len(read_rows(killed_dir)) <= before and proc.poll() is None:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.8 * max(1, args.epochs - before) * per_epoch))
         if proc.poll() is not None:
             break  # it finished before the kill: nothing left to interrupt
         proc.send_signal(signal.SIGKILL)
