@@ -46,3 +46,13 @@ def test_experiment_composes_and_builds(experiment, preset):
 def test_nonlinear_depth_sweep_scales_weight_decay_with_depth():
     cfg = compose_cfg("experiment=nonlinear_depth_mnist", "model.nonlinear_depth=9")
     assert cfg.optim.weight_decay == pytest.approx(0.016 / 12)
+
+
+def test_slurm_launcher_composes_with_documented_job_parameters():
+    cfg = compose_cfg("hydra/launcher=slurm", "hydra.launcher.partition=a100", "experiment=mlp_mnist")
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.partition == "a100"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (1, 1, 1)
+    assert launcher.cpus_per_task == 8 and launcher.mem_gb == 32 and launcher.timeout_min == 1440
+    assert launcher.name == "wdcollapse-mlp_mnist"

@@ -9,7 +9,8 @@ import pytest
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
-FIGURES = ["mlp_mnist_curves", "mlp_mnist_grams", "linear_depth_mnist", "nonlinear_depth_mnist", "resnet20_mnist"]
+FIGURES = ["mlp_mnist_curves", "mlp_mnist_grams", "mlp_mnist_theorem31", "linear_depth_mnist",
+           "nonlinear_depth_mnist", "resnet20_mnist", "theory_gd_theorem31", "theory_gd_phases"]
 
 
 def reproduce(out):
@@ -44,15 +45,21 @@ def test_report_lists_the_four_claims(smoke):
     text = (out / "REPORT.md").read_text()
     assert "Claim 4" in text and "not stated (ASSUMPTION)" in text
     assert "claim 1:" in proc.stdout
+    assert [c["id"] for c in report["theory"]] == ["theorem_3_1_bound/mlp_mnist", "theorem_3_1_bound/theory_gd",
+                                                    "balancing_rate/theory_gd"]
+    assert report["theory"][2]["passed"] is not None
 
 
 def test_every_run_finished_with_its_own_offline_wandb_run(smoke):
     out, _ = smoke
     runs = [p for p in (out / "runs").glob("*/*") if p.is_dir()]
-    assert len(runs) == 2 + 4 + 2 + 2
+    assert len(runs) == 2 + 4 + 2 + 2 + 1
     for run in runs:
         assert json.loads((run / "summary.json").read_text())["status"] == "finished", run
-        assert len(list((run / "wandb").glob("offline-run-*"))) == 1, run
+        offline = list((run / "wandb").glob("offline-run-*"))
+        assert len(offline) == 1, run
+        figure = run.parent.name
+        assert f"{figure}-smoke".encode() in next(offline[0].glob("*.wandb")).read_bytes()  # the W&B group
 
 
 def test_rerun_skips_finished_runs_and_replots(smoke):
@@ -62,6 +69,6 @@ def test_rerun_skips_finished_runs_and_replots(smoke):
     png = out / "figures" / "mlp_mnist_curves.png"
     png_before = png.stat().st_mtime_ns
     proc = reproduce(out)
-    assert proc.stdout.count("already done: skipping") == 4
+    assert proc.stdout.count("already done: skipping") == 5
     assert {p: p.stat().st_mtime_ns for p in metrics} == before
     assert png.stat().st_mtime_ns > png_before

@@ -242,3 +242,12 @@ def test_theory_gd_refuses_a_non_pyramidal_network(tmp_path):
                      "data.num_per_class=20", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "Assumption 4.1" in proc.stderr and "n_1 = 128 < N = 200" in proc.stderr
+
+
+def test_theory_gd_blowing_up_is_recorded_as_diverged(tmp_path):
+    # lr 2e-3 blows up within a few steps; with one step per epoch the metric pass meets the
+    # overflowed features before DivergenceGuard meets a non-finite loss.
+    out = tmp_path / "run"
+    run_train(out, "experiment=theory_gd", "logger=none", "optim.lr=2e-3", "trainer.max_epochs=20")
+    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
+    assert read_jsonl(out / "steps.jsonl")[0]["step"] == 0

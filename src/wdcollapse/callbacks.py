@@ -13,6 +13,7 @@ from pytorch_lightning.callbacks import Callback, Checkpoint
 
 from .io import append_jsonl, atomic_write_json, read_jsonl
 from .probe import accuracy, metric_pass
+from .theory import theory_observers
 
 SCHEDULES = ("every", "log")
 
@@ -82,12 +83,18 @@ class MetricMonitor(Callback):
         was_training = pl_module.training
         pl_module.eval()
         n = data.num_train
-        from .theory import theory_observers  # theory imports config, which imports this module
-
         observers = theory_observers(self.theory, pl_module.model, data.num_classes)
-        row, grams = metric_pass(pl_module.model, data.eval_batches("train"), data.num_classes,
-                                 loss_fn=lambda out, y: pl_module.loss(out, y, num_total=n),
-                                 observers=observers)
+        try:
+            row, grams = metric_pass(pl_module.model, data.eval_batches("train"), data.num_classes,
+                                     loss_fn=lambda out, y: pl_module.loss(out, y, num_total=n),
+                                     observers=observers)
+        except torch.linalg.LinAlgError:
+            # Non-finite features: the epoch's last step blew up, and DivergenceGuard only saw
+            # the loss before it (full-batch GD has one step per epoch).
+            with torch.no_grad():
+                if all(torch.isfinite(pl_module.model(x)).all() for x, _ in data.eval_batches("train")):
+                    raise
+            raise Diverged(trainer.current_epoch, trainer.global_step, math.nan) from None
         record = {"epoch": epoch, "step": trainer.global_step,
                   "train/loss": row.pop("loss"), "train/acc": row.pop("acc")}
         if self.test_acc:

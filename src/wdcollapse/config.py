@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import SCHEDULES
 from .data.sources import NUM_CLASSES
+from .errors import ConfigError
 from .models.activations import ACTIVATIONS
 from .models.layerwise import INITS
 from .module import LOSSES, MSE_REDUCTIONS, OPTIMIZERS
@@ -18,17 +20,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = {"wdcollapse.models.MLP": "mlp", "wdcollapse.models.ResNet20": "resnet20"}
 
 
-class ConfigError(ValueError):
-    """A setting that makes no sense; the message names it, its value and what is allowed."""
-
-
 def register_resolvers() -> None:
     """`${div:a,b}` = a / b and `${add:a,b}` = a + b (e.g. weight decay 0.016 / L), and
-    `${repo_root:}`, the checkout holding conf/ (the default data directory lives there)."""
+    `${repo_root:}`, the checkout holding conf/ (the default data directory lives there), and
+    `${uid:}`, a random id that keeps run directories of launches in the same second apart."""
     if not OmegaConf.has_resolver("div"):
         OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
     if not OmegaConf.has_resolver("add"):
         OmegaConf.register_new_resolver("add", lambda a, b: a + b)
+    if not OmegaConf.has_resolver("uid"):
+        # Cached, and Hydra copies the cache into every job's config: one value per launch, so
+        # the jobs of a multirun share a sweep directory that no other launch can collide with.
+        OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
     if not OmegaConf.has_resolver("repo_root"):
         OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
 

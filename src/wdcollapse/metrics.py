@@ -101,9 +101,11 @@ def _class_stats(z: torch.Tensor, y: torch.Tensor, num_classes: int):
     # the features are nearly collapsed around a large mean. Their class sums
     # (zero up to rounding) correct the mean for the rounding of the first sum,
     # which matters in float32: sum ||z - mu||^2 = sum ||z - m||^2 - n ||mu - m||^2.
-    dev = z - means.index_select(0, y)
+    # (In place where possible: a fresh buffer of this size costs its page faults.)
+    dev = means.index_select(0, y)
+    dev = torch.sub(z, dev, out=dev)
     resid = torch.zeros_like(means).index_add_(0, y, dev).double() / n
-    sq_dev = torch.linalg.vecdot(dev, dev).double()
+    sq_dev = dev.square_().sum(1).double()
     m2 = sq_dev.new_zeros(num_classes).index_add_(0, y, sq_dev)
     m2 = (m2 - resid.pow(2).sum(1) * n.squeeze(1)).clamp_min(0.0)
     return counts, means.double() + resid, m2
@@ -308,7 +310,9 @@ class NCAccumulator:
         if self.weight is not None:
             w = _check_weight(self.weight, self.num_classes, z.shape[1])
             self.weight = w.to(z.device)
-            self.cos_sum += float(_cosine_sum(z, y, self.weight))
+            # float64 even on the fast path: a mean cosine near 0 would lose its digits, and
+            # this is one layer's [n, K] product.
+            self.cos_sum += float(_cosine_sum(z.double(), y, self.weight))
         self._merge_stats(*_class_stats(z, y, self.num_classes))
 
     def _stats(self):
@@ -411,7 +415,8 @@ class NegativityAccumulator:
         """Add a batch of pre-activations [n, dim]."""
         z = _check_2d(preact, "preact", self.exact)
         self.full.update(z)
-        self.neg.update(z.clamp_max(0.0))
+        # A converted copy is ours to overwrite.
+        self.neg.update(z.clamp_max_(0.0) if z.dtype != preact.dtype else z.clamp_max(0.0))
 
     def value(self) -> float:
         """Negativity of all rows seen; 0 if they are all zero."""

@@ -55,13 +55,24 @@ class CollapseModule(pl.LightningModule):
         loss: str = "mse",
         mse_reduction: str = "half_mean",
         optim: dict | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ):
+        """`compile`: torch.compile the model's forward (training and `model(x)`; the metric
+        pass calls `forward_layers`, which stays eager). `channels_last`: NHWC convolutions
+        (ResNet20 on a GPU; no effect on the MLP). bf16 autocast is Lightning's
+        `trainer.precision=bf16-mixed`."""
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
         self.model = model
         self.loss_name, self.mse_reduction = loss, mse_reduction
         self.optim = dict(optim or {"name": "sgd", "lr": 0.01})
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.compile()  # in place: parameters and state_dict keys are unchanged
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -69,37 +80,47 @@ class CollapseModule(pl.LightningModule):
     def loss(self, output: torch.Tensor, labels: torch.Tensor, num_total: int | None = None) -> torch.Tensor:
         return classification_loss(output, labels, self.loss_name, self.mse_reduction, num_total)
 
-    def on_fit_start(self) -> None:
+    def setup(self, stage: str) -> None:
+        # Here, not in on_fit_start: configure_optimizers (estimated_stepping_batches) already
+        # builds the train loader, which must hold the tensors of the training device, or
+        # every batch would be gathered on the CPU and copied.
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "to"):
-            datamodule.to(self.device)
+            datamodule.to(self.trainer.strategy.root_device)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         loss = self.loss(self.model(x), y)
         # Lightning's own logging is off the hot path: the metric callback logs per epoch.
         return loss
 
     def configure_optimizers(self):
-        o = self.optim
-        name = o.get("name", "sgd")
-        lr, wd = float(o["lr"]), float(o.get("weight_decay", 0.0))
-        params = self.model.parameters()
-        if name in ("sgd", "gd"):
-            momentum = 0.0 if name == "gd" else float(o.get("momentum", 0.0))
-            opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd,
-                                  nesterov=bool(o.get("nesterov", False)) and momentum > 0)
-        elif name == "adam":
-            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
-        elif name == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-        else:
-            raise ValueError(f"unknown optim.name {name!r}; choose one of {OPTIMIZERS}")
         max_epochs = self.trainer.max_epochs
         steps = max(1, self.trainer.estimated_stepping_batches // max_epochs)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt,
-            lambda step: lr_factor(step, steps, max_epochs, float(o.get("warmup_epochs", 0)),
-                                   o.get("lr_drop_at"), float(o.get("lr_drop_factor", 0.1))),
-        )
+        opt, schedule = build_optimizer(self.model.parameters(), self.optim, steps, max_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def build_optimizer(params, optim: dict, steps_per_epoch: int, max_epochs: int):
+    """The optimizer `optim` describes and its per-step learning-rate schedule (LambdaLR)."""
+    o = optim
+    name = o.get("name", "sgd")
+    lr, wd = float(o["lr"]), float(o.get("weight_decay", 0.0))
+    if name in ("sgd", "gd"):
+        momentum = 0.0 if name == "gd" else float(o.get("momentum", 0.0))
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd,
+                              nesterov=bool(o.get("nesterov", False)) and momentum > 0)
+    elif name == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    elif name == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    else:
+        raise ValueError(f"unknown optim.name {name!r}; choose one of {OPTIMIZERS}")
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda step: lr_factor(step, steps_per_epoch, max_epochs, float(o.get("warmup_epochs", 0)),
+                               o.get("lr_drop_at"), float(o.get("lr_drop_factor", 0.1))),
+    )
+    return opt, schedule

@@ -57,6 +57,7 @@ def metric_pass(
             loss_sum = loss_sum + torch.as_tensor(loss_fn(trace.output, y)).double()
         correct = correct + (trace.output.argmax(1) == y).sum()
         count += len(y)
+        del trace  # before the next forward: only one chunk's features alive at a time
 
     row: dict[str, float] = {}
     w64 = [w.double() for w in weights]

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import claims
+from . import claims, theory
+from .io import read_json
 from .io import atomic_write_json, atomic_write_text
 from .plots.depth_sweeps import plot_linear_depth_sweep, plot_nonlinear_depth_sweep
+from .plots.theory import plot_theorem31, plot_two_phases
 from .plots.training import plot_grams, plot_training_curves
 from .runs import Run
 
@@ -21,6 +23,7 @@ TITLES = {
     "linear_depth_cifar10": "ResNet20 on CIFAR-10: linear-head depth",
     "resnet20_mnist": "ResNet20 on MNIST: linear-head depth",
     "nonlinear_depth_mnist": "MLP on MNIST: non-linear depth",
+    "theory_gd": "Full-batch GD in Theorem 4.4's setting",
 }
 # What the paper says of each figure's settings (PAPER.md); None = not stated.
 PAPER = {
@@ -30,6 +33,7 @@ PAPER = {
     "resnet20_cifar10": {"optim.lr": 0.001, "optim.weight_decay": 0.001, "trainer.max_epochs": "~5000"},
     "linear_depth_cifar10": {"optim.lr": 0.001, "optim.weight_decay": 0.001},
     "resnet20_mnist": {},
+    "theory_gd": {},
 }
 UNKNOWN_IN_PAPER = ["optim.name", "optim.momentum", "optim.warmup_epochs", "optim.lr_drop_at", "data.batch_size",
                     "model.width", "model.init", "model.bias", "loss.mse_reduction"]
@@ -55,10 +59,17 @@ def make_figures(out: Path, figures, runs_of: Callable) -> list[Path]:
             finished = [r for r in runs if r.status == "finished" and r.grams]
             if finished:
                 made += plot_grams(finished[0], fig_dir / f"{figure.name}_grams", title)
+            if any("theory/dist" in r.final for r in runs):
+                made += plot_theorem31(runs, fig_dir / f"{figure.name}_theorem31", title)
         elif figure.experiment.startswith("linear_depth") or figure.experiment == "resnet20_mnist":
             made += plot_linear_depth_sweep(runs, fig_dir / f"{figure.name}", title)
         elif figure.experiment.startswith("nonlinear_depth"):
             made += plot_nonlinear_depth_sweep(runs, fig_dir / f"{figure.name}", title)
+        elif figure.experiment == "theory_gd":
+            made += plot_theorem31(runs, fig_dir / f"{figure.name}_theorem31", title)
+            finished = [r for r in runs if (r.path / "steps.jsonl").exists()]
+            if finished:
+                made += plot_two_phases(finished[0], fig_dir / f"{figure.name}_phases", title)
     return made
 
 
@@ -106,6 +117,30 @@ def decide_claims(figures, runs_of: Callable) -> list[dict]:
     ]
 
 
+def theory_checks(figures, runs_of: Callable) -> list[dict]:
+    """Theorem 3.1's bound at every evaluated epoch where its precondition holds (the MLP figure
+    and theory_gd), and theory_gd's fitted balancing rate against (1 - eta lambda)^2."""
+    checks = []
+    for figure in figures:
+        if figure.experiment not in ("mlp_mnist", "theory_gd"):
+            continue
+        runs = [r for r in runs_of(figure) if r.status == "finished"]
+        per_run = {r.path.name: theory.bound_holds(r.history) for r in runs}
+        verdicts = [v["holds"] for v in per_run.values() if v["holds"] is not None]
+        checks.append({"id": f"theorem_3_1_bound/{figure.name}",
+                       "statement": "||Z_(L-1) - W_L^+ Y||_F <= r (eps1 / (s_K(Y) - eps1) + sqrt(n_(L-1) eps2)) "
+                                    "and NC1 <= its bound, wherever eps1 <= min(s_K(Y), sqrt((K-1)N/(4K)))",
+                       "passed": all(verdicts) if verdicts else None, "evidence": per_run})
+        if figure.experiment == "theory_gd":
+            rates = {r.path.name: theory.rate_matches(read_json(r.path / "theory.json", default={})) for r in runs}
+            verdicts = [v.get("matches") for v in rates.values() if v.get("matches") is not None]
+            checks.append({"id": f"balancing_rate/{figure.name}",
+                           "statement": "in phase 2 the linear-head balancedness error decays at the theory's "
+                                        "(1 - eta lambda)^2 per step",
+                           "passed": all(verdicts) if verdicts else None, "evidence": rates})
+    return checks
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -120,7 +155,8 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
     decided = decide_claims(figures, runs_of)
     status = {f.name: status_rows(f, runs_of(f)) for f in figures}
     settings = {f.name: settings_rows(f, runs_of(f)) for f in figures}
-    report = {"preset": preset, "claims": decided, "runs": status, "skipped_figures": skipped,
+    checks = theory_checks(figures, runs_of)
+    report = {"preset": preset, "claims": decided, "theory": checks, "runs": status, "skipped_figures": skipped,
               "settings": {name: [dict(zip(("setting", "paper", "here"), row)) for row in rows]
                            for name, rows in settings.items()}}
     atomic_write_json(out / "report.json", report)
@@ -138,6 +174,12 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
                 continue
             lines.append(f"- {key}: {_fmt(value)}")
         lines.append("")
+    if checks:
+        lines += ["## Theory checks", ""]
+        for c in checks:
+            verdict = "PASS" if c["passed"] else ("NOT RUN" if c["passed"] is None else "FAIL")
+            lines += [f"### {c['id']}: **{verdict}**", "", c["statement"], ""]
+            lines += [f"- {name}: {_fmt(ev)}" for name, ev in c["evidence"].items()] + [""]
     lines += ["## Runs", "", "| figure | expected | finished | diverged | failed | running | mean s/run |",
               "|---|---|---|---|---|---|---|"]
     for name, s in status.items():

@@ -39,6 +39,7 @@ class Figure:
     sweep: dict[str, str]
     overrides: list[str] = field(default_factory=list)
     needs: str | None = None
+    use_preset: bool = True  # theory_gd sets its own widths and data size: no preset
 
     def combinations(self) -> list[dict[str, str]]:
         keys = list(self.sweep)
@@ -58,7 +59,7 @@ def load_spec(preset: str) -> tuple[int, list[Figure]]:
     spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     figures = [
         Figure(name, f["experiment"], {k: str(v) for k, v in f.get("sweep", {}).items()},
-               list(f.get("overrides", [])), f.get("needs"))
+               list(f.get("overrides", [])), f.get("needs"), bool(f.get("use_preset", True)))
         for name, f in spec["figures"].items()
     ]
     return int(spec.get("jobs", 2)), figures
@@ -93,7 +94,7 @@ def figure_runs(out: Path, figure: Figure) -> list[Run]:
 def multirun_command(figure: Figure, preset: str, sweep_dir: Path, jobs: int, extra: list[str]) -> list[str]:
     return [
         sys.executable, "-m", "wdcollapse.train", "-m",
-        f"experiment={figure.experiment}", f"preset={preset}",
+        f"experiment={figure.experiment}", *([f"preset={preset}"] if figure.use_preset else []),
         "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}",
         f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.override_dirname}",
         f"logger.wandb.group={figure.name}-{preset}",

@@ -32,7 +32,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from . import metrics
-from .config import ConfigError
+from .errors import ConfigError
 from .io import atomic_write_json, keep_jsonl_rows, read_json, read_jsonl, to_json
 
 __all__ = [
@@ -350,7 +350,9 @@ def analyse_steps(rows: Sequence[dict], weight_decay: float, settle: float = 0.0
     where it is still above `floor` times its value at the phase boundary (below that,
     float32 rounding and the theory's noise term dominate). The theory's per-step factor is
     (1 - eta lambda)^2 with eta the mean lr of the fitted steps; they match when the ratio of
-    the log-rates log(q_fit) / log(q_theory) is within `tolerance` of 1."""
+    the log-rates log(q_fit) / log(q_theory) is within `tolerance` of 1 (and >= `min_points`
+    steps were fitted). Also: the per-step factor of an exponential fit to the loss in phase 1
+    and the loss and balancedness error at the start, the boundary and the end."""
     rows = sorted(rows, key=lambda r: r["step"])
     base = {"phase2_start_step": None, "fit_end_step": None, "fitted_factor": None,
             "theory_factor": None, "log_rate_ratio": None, "fit_r2": None, "fit_points": 0,
@@ -371,6 +373,11 @@ def analyse_steps(rows: Sequence[dict], weight_decay: float, settle: float = 0.0
         fit_rows = fit_rows[: last + 1]
     base["phase2_start_step"] = rows[k0]["step"]
     base["fit_end_step"] = fit_rows[-1]["step"]
+    phase1 = fit_rate([r["step"] for r in rows[:k0]], [r["loss"] for r in rows[:k0]])
+    base.update(phase1_loss_factor=phase1["factor"], phase1_loss_r2=phase1["r2"],
+                loss_start=rows[0]["loss"], loss_at_phase2_start=rows[k0]["loss"], loss_end=rows[-1]["loss"],
+                balancedness_start=rows[0]["balancedness_error"], balancedness_at_phase2_start=d0,
+                balancedness_end=rows[-1]["balancedness_error"])
     lrs = [r["lr"] for r in fit_rows if r.get("lr") is not None]
     eta = sum(lrs) / len(lrs) if lrs else None
     fit = fit_rate([r["step"] for r in fit_rows], [r["balancedness_error"] for r in fit_rows])

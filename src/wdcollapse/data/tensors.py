@@ -36,11 +36,13 @@ class PermutationBatches:
         return -(-len(self.y) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # A CPU generator gives the same permutation on every device (a run may resume on
+        # another); it moves to the data's device once per epoch, and each batch is a gather
+        # there: no workers, no host-to-device copies.
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch())
         perm = torch.randperm(len(self.y), generator=g).to(self.y.device)
-        for start in range(0, len(perm), self.batch_size):
-            idx = perm[start : start + self.batch_size]
-            yield self.x[idx], self.y[idx]
+        for idx in perm.split(self.batch_size):
+            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
 
 
 class TensorDataModule(pl.LightningDataModule):
