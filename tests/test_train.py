@@ -148,3 +148,25 @@ def test_linear_head_of_one_layer_is_allowed_with_a_warning(tmp_path):
     proc = run_train(tmp_path / "run", *TINY, "logger=none", "model.linear_depth=1")
     assert "linear_depth=1" in proc.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_resnet20_on_a_cifar10_image_folder(tmp_path):
+    from PIL import Image
+
+    from wdcollapse.data.sources import CIFAR10_CLASSES
+
+    rng = __import__("numpy").random.default_rng(0)
+    for split, n in (("train", 3), ("test", 1)):
+        for name in CIFAR10_CLASSES:
+            (tmp_path / "cifar" / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype="uint8")
+                Image.fromarray(pixels).save(tmp_path / "cifar" / split / name / f"{i}.png")
+    out = tmp_path / "run"
+    run_train(out, "data=cifar10", f"data.image_folder={tmp_path / 'cifar'}", "model=resnet20", "model.width=16",
+              "model.nonlinear_depth=1", "model.linear_depth=2", "trainer.max_epochs=1", "logger=none",
+              "data.batch_size=10")
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert set(rows[-1]) >= {"nc1/layer_3", "nc2/layer_1", "negativity/layer_1", "balancedness/layer_2", "nc3"}
+    assert json.loads((out / "summary.json").read_text())["num_train"] == 30
