@@ -32,7 +32,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from wdcollapse import metrics
 from wdcollapse.callbacks import DivergenceGuard, evaluation_epochs
@@ -119,11 +119,11 @@ class PlainLoop:
 
 
 class Rounds(pl.Callback):
-    """Times each Lightning epoch; after it, times a plain-loop epoch and the metric passes, so
+    """Times each Lightning epoch; after it, times a plain-loop epoch and the other passes, so
     every ratio pairs measurements taken moments apart. Epoch 0 is a warm-up for all of them."""
 
-    def __init__(self, plain: PlainLoop, monitor):
-        self.plain, self.monitor = plain, monitor
+    def __init__(self, passes: dict):
+        self.passes = passes  # name: fn(trainer, pl_module)
         self.times: dict[str, list[float]] = {}
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -131,16 +131,7 @@ class Rounds(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         lightning, wall = clock() - self.start, time.perf_counter() - self.wall
-        data, net = trainer.datamodule, pl_module.model
-        net.eval()
-        passes = {
-            "plain": self.plain.epoch,
-            "metrics_exact": lambda: metric_pass(net, data.eval_batches("train"), data.num_classes),
-            "metrics_fast": lambda: metric_pass(net, data.eval_batches("train"), data.num_classes, exact=False),
-            "evaluate": lambda: self.monitor.evaluate(trainer, pl_module, trainer.current_epoch + 1),
-        }
-        measured = {name: timed(fn) for name, fn in passes.items()}
-        net.train()
+        measured = {name: timed(lambda: fn(trainer, pl_module)) for name, fn in self.passes.items()}
         if trainer.current_epoch == 0:
             return
         for name, t in {"lightning": lightning, "lightning_wall": wall, **measured}.items():
@@ -152,30 +143,51 @@ class Rounds(pl.Callback):
         return median(a / b for a, b in zip(self.times[num], self.times[den]))
 
 
-def bench_training(cfg, rounds: int) -> dict:
+def metric_passes(monitor) -> dict:
+    def run(exact):
+        def fn(trainer, pl_module):
+            data, net = trainer.datamodule, pl_module.model
+            net.eval()
+            metric_pass(net, data.eval_batches("train"), data.num_classes, exact=exact)
+            net.train()
+        return fn
+
+    return {"metrics_exact": run(True), "metrics_fast": run(False),
+            "evaluate": lambda trainer, pl_module: monitor.evaluate(trainer, pl_module, trainer.current_epoch + 1)}
+
+
+def bench_training(cfg, rounds: int, peak: float, with_metrics: bool = True) -> dict:
+    """Lightning epochs of `cfg` against the plain loop (and the metric passes)."""
     torch.manual_seed(int(cfg.seed))
     data = instantiate(cfg.data)
     data.setup()
     module = CollapseModule(instantiate(cfg.model), cfg.loss.name, cfg.loss.mse_reduction,
                             optim=OmegaConf.to_container(cfg.optim, resolve=True))
     plain = PlainLoop(module.model, cfg, data, max_epochs=rounds + 1)
-    monitor = instantiate(cfg.callbacks.metrics, out_dir=tempfile.mkdtemp(prefix="bench-metrics-"))
-    monitor.epochs = set()  # evaluate() is called by hand, never by the schedule
-    rounds_cb = Rounds(plain, monitor)
-    trainer = pl.Trainer(**trainer_kwargs(cfg, rounds + 1, [rounds_cb]))
-    trainer.fit(module, datamodule=data)
+    passes = {"plain": lambda trainer, pl_module: plain.epoch()}
+    if with_metrics:
+        monitor = instantiate(cfg.callbacks.metrics, out_dir=tempfile.mkdtemp(prefix="bench-metrics-"))
+        passes.update(metric_passes(monitor))
+    rounds_cb = Rounds(passes)
+    pl.Trainer(**trainer_kwargs(cfg, rounds + 1, [rounds_cb])).fit(module, datamodule=data)
     t = rounds_cb.times
     widths = [int(np.prod(cfg.data.in_shape))] + [int(w.shape[0]) for w in module.model.weights]
     flops = mlp_train_flops_per_sample(widths) * data.num_train / median(t["lightning"])
-    return {
+    steps = -(-data.num_train // (data.batch_size or data.num_train))
+    out = {
         "times_s": {k: [round(x, 3) for x in v] for k, v in t.items()},
-        "num_train": data.num_train, "widths": widths,
+        "num_train": data.num_train, "batch_size": data.batch_size, "widths": widths,
         "lightning_over_plain": rounds_cb.ratio("lightning", "plain"),
-        "metrics_over_epoch": rounds_cb.ratio("metrics_fast", "lightning"),
-        "metrics_over_epoch_exact": rounds_cb.ratio("metrics_exact", "lightning"),
-        "evaluate_over_epoch": rounds_cb.ratio("evaluate", "lightning"),
-        "train_flops_per_s": flops,
+        "lightning_overhead_ms_per_step": 1e3 * median(a - b for a, b in zip(t["lightning"], t["plain"])) / steps,
+        "train_flops_per_s": flops, "flops_fraction": flops / peak,
     }
+    if with_metrics:
+        out.update({
+            "metrics_over_epoch": rounds_cb.ratio("metrics_fast", "lightning"),
+            "metrics_over_epoch_exact": rounds_cb.ratio("metrics_exact", "lightning"),
+            "evaluate_over_epoch": rounds_cb.ratio("evaluate", "lightning"),
+        })
+    return out
 
 
 def schedule_costs(per_epoch: dict[str, float]) -> dict:
@@ -193,37 +205,18 @@ def schedule_costs(per_epoch: dict[str, float]) -> dict:
     return out
 
 
-def bench_flops(cfg, widths: list[int], per_class: int, peak: float) -> dict:
-    """Training FLOP/s of the default MLP at other widths (a training subset: FLOP/s do not
-    depend on its size), as a fraction of the dense matmul FLOP/s."""
+def bench_widths(widths: list[int], per_class: int, rounds: int, peak: float) -> dict:
+    """The default MLP at other widths on a class-balanced training subset (FLOP/s and the
+    Lightning overhead per step do not depend on its size): Lightning against plain epochs."""
     out = {}
     for width in widths:
-        with open_dict(cfg):
-            cfg.model.width = width
-            cfg.data.num_per_class = per_class
-        torch.manual_seed(0)
-        data = instantiate(cfg.data)
-        data.setup()
-        module = CollapseModule(instantiate(cfg.model), cfg.loss.name, cfg.loss.mse_reduction,
-                                optim=OmegaConf.to_container(cfg.optim, resolve=True))
-        epochs = EpochTimer()
-        pl.Trainer(**trainer_kwargs(cfg, 3, [epochs])).fit(module, datamodule=data)
-        sizes = [int(np.prod(cfg.data.in_shape))] + [int(w.shape[0]) for w in module.model.weights]
-        rate = mlp_train_flops_per_sample(sizes) * data.num_train / median(epochs.times[1:])
-        out[width] = rate / peak
-        print(f"  width {width}: {rate / 1e9:.1f} GFLOP/s = {rate / peak:.2f} of the matmul peak", flush=True)
+        res = bench_training(compose_cfg(f"model.width={width}", f"data.num_per_class={per_class}"),
+                             rounds, peak, with_metrics=False)
+        out[width] = {k: res[k] for k in ("lightning_over_plain", "lightning_overhead_ms_per_step",
+                                           "flops_fraction", "num_train", "times_s")}
+        print(f"  width {width}: {res['train_flops_per_s'] / 1e9:.1f} GFLOP/s = {res['flops_fraction']:.2f} of the "
+              f"matmul peak; Lightning / plain {res['lightning_over_plain']:.3f}", flush=True)
     return out
-
-
-class EpochTimer(pl.Callback):
-    def __init__(self):
-        self.times: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.start = clock()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.times.append(clock() - self.start)
 
 
 def naive_metrics(z: np.ndarray, y: np.ndarray, w: np.ndarray, k: int) -> list[float]:
@@ -335,11 +328,13 @@ def table(result: dict) -> str:
         value = result[name]
         met = value <= bound if op == "<=" else value >= bound
         rows.append((name, f"{value:.3f}", f"{op} {bound}", "yes" if met else "NO"))
-    for name in ("evaluate_over_epoch", "streaming_speedup_fast", "streaming_max_rel_diff",
-                 "streaming_fast_max_rel_diff", "metric_peak_mem_over_features_exact"):
+    for name in ("lightning_overhead_ms_per_step", "lightning_over_plain_width_1024", "evaluate_over_epoch",
+                 "streaming_speedup_fast", "streaming_max_rel_diff", "streaming_fast_max_rel_diff",
+                 "metric_peak_mem_over_features_exact"):
         rows.append((name, f"{result[name]:.3g}", "", ""))
-    for width, frac in result["flops_fraction_by_width"].items():
-        rows.append((f"flops_fraction width {width}", f"{frac:.3f}", ">= 0.5 (w >= 512)", ""))
+    for width, res in result["by_width"].items():
+        rows.append((f"width {width}: flops_fraction, lightning_over_plain",
+                     f"{res['flops_fraction']:.3f}, {res['lightning_over_plain']:.3f}", "", ""))
     for name, cost in result["schedules"].items():
         rows.append((f"metrics over run, {name}: {cost['evaluations']} evals / {cost['epochs']} epochs",
                      f"{cost['fast']:.3f} fast, {cost['exact']:.3f} exact", "", ""))
@@ -369,8 +364,11 @@ def main() -> None:
 
     print("training epoch (Lightning and plain) and metric passes, default config:", flush=True)
     cfg = compose_cfg()
-    train = bench_training(cfg, args.rounds)
-    result.update(train)
+    train = bench_training(cfg, args.rounds, peak)
+    result["default_config"] = train
+    for key in ("lightning_over_plain", "lightning_overhead_ms_per_step", "metrics_over_epoch",
+                "metrics_over_epoch_exact", "evaluate_over_epoch"):
+        result[key] = train[key]
     result["schedules"] = schedule_costs({"fast": train["metrics_over_epoch"],
                                           "exact": train["metrics_over_epoch_exact"]})
     # The default callback runs the exact pass (metric_pass's default).
@@ -379,11 +377,11 @@ def main() -> None:
     print("streaming metrics vs the naive reference (N=60000, d=512, K=10):", flush=True)
     result.update(bench_streaming(60000, 512, 10, args.rounds))
 
-    print("training FLOP/s by width:", flush=True)
-    by_width = {train["widths"][1]: train["train_flops_per_s"] / peak}
-    by_width.update(bench_flops(compose_cfg(), [512, 1024], per_class=1000, peak=peak))
-    result["flops_fraction_by_width"] = by_width
-    result["flops_fraction"] = min(v for w, v in by_width.items() if w >= 512)
+    print("wider MLPs (10,000 training samples):", flush=True)
+    wide = bench_widths([512, 1024], per_class=1000, rounds=args.rounds, peak=peak)
+    result["by_width"] = {train["widths"][1]: {k: train[k] for k in wide[512] if k in train}, **wide}
+    result["flops_fraction"] = min(v["flops_fraction"] for w, v in result["by_width"].items() if w >= 512)
+    result["lightning_over_plain_width_1024"] = wide[1024]["lightning_over_plain"]
 
     print("peak memory of the metric pass (fresh processes):", flush=True)
     mem = bench_memory()

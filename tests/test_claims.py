@@ -57,3 +57,34 @@ def test_spearman_and_offdiagonal_cosine():
     assert claims.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert claims.max_offdiag_cosine([[4.0, 0.0], [0.0, 9.0]]) == 0.0
     assert claims.max_offdiag_cosine([[1.0, 0.5], [0.5, 1.0]]) == pytest.approx(0.5)
+
+
+def test_report_and_figures_survive_diverged_and_missing_runs(tmp_path):
+    import json as _json
+
+    import yaml
+
+    from wdcollapse.reproduce import Figure, figure_runs
+    from wdcollapse.report import make_figures, write_report
+
+    figure = Figure("mlp_mnist", "mlp_mnist", {"seed": "0,1,2"})
+    for seed, status in ((0, "finished"), (1, "diverged")):
+        run = tmp_path / "runs" / "mlp_mnist" / f"seed={seed}"
+        run.mkdir(parents=True)
+        cfg = {"seed": seed, "model": {"nonlinear_depth": 6, "linear_depth": 3, "width": 8},
+               "optim": {"lr": 0.01, "weight_decay": 1e-3}, "trainer": {"max_epochs": 2}, "data": {}}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        rows = balancing_rows(6, 3, 0.05, 0.5, epochs=20 if status == "finished" else 10)
+        for row in rows:
+            row.update({f"nc1/layer_{l}": 1.0 for l in range(1, 10)})
+            row.update({f"nc2/layer_{l}": 2.0 for l in range(1, 10)})
+        (run / "metrics.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+        (run / "summary.json").write_text(_json.dumps({"status": status, "diverged_epoch": 10}))
+    runs_of = lambda f: figure_runs(tmp_path, f)  # noqa: E731
+    made = make_figures(tmp_path, [figure], runs_of)
+    assert {p.name for p in made} >= {"mlp_mnist_curves.png", "mlp_mnist_curves.pdf"}
+    report = write_report(tmp_path, "test", [figure], runs_of, {})
+    assert report["runs"]["mlp_mnist"] | {} == report["runs"]["mlp_mnist"]
+    assert report["runs"]["mlp_mnist"]["diverged"] == 1 and report["runs"]["mlp_mnist"]["expected"] == 3
+    assert report["claims"][0]["evidence"]["runs"] == 1  # only the finished run decides a claim
+    assert "seed=1" in (tmp_path / "REPORT.md").read_text()

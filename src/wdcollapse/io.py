@@ -9,17 +9,20 @@ from pathlib import Path
 from typing import Any
 
 
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def finite_or_none(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float (at any depth) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
 
 
 def to_json(obj: Any, **kwargs) -> str:
     """JSON with NaN and infinities written as null, so any strict parser reads it."""
-    if isinstance(obj, dict):
-        obj = {k: _finite_or_none(v) for k, v in obj.items()}
-    return json.dumps(obj, allow_nan=False, default=_finite_or_none, **kwargs)
+    return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -100,7 +100,8 @@ def status_rows(figure, runs: list[Run]) -> dict:
     times = [r.summary.get("wall_seconds") for r in runs if r.summary.get("wall_seconds")]
     return {"expected": figure.num_runs, **counts,
             "mean_run_seconds": round(float(np.mean(times)), 1) if times else None,
-            "diverged_runs": [r.path.name for r in runs if r.status == "diverged"]}
+            "diverged_runs": {r.path.name: r.summary.get("diverged_epoch") for r in runs if r.status == "diverged"},
+            "failed_runs": {r.path.name: r.summary.get("error") for r in runs if r.status == "failed"}}
 
 
 def decide_claims(figures, runs_of: Callable) -> list[dict]:
@@ -187,6 +188,11 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
                      f"{s['running']} | {s['mean_run_seconds']} |")
     for name, why in skipped.items():
         lines.append(f"| {name} | skipped: {why} | | | | | |")
+    for name, s in status.items():
+        for run, epoch in s["diverged_runs"].items():
+            lines.append(f"\n- {name}/{run}: **diverged** at epoch {epoch} (its curves stop there; no claim uses it)")
+        for run, error in s["failed_runs"].items():
+            lines.append(f"\n- {name}/{run}: **failed**: {error}")
     lines += ["", "## Settings that differ from the paper or that the paper leaves open", ""]
     for name, rows in settings.items():
         if not rows:

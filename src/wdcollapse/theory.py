@@ -33,7 +33,7 @@ from pytorch_lightning.callbacks import Callback
 
 from . import metrics
 from .errors import ConfigError
-from .io import atomic_write_json, keep_jsonl_rows, read_json, read_jsonl, to_json
+from .io import atomic_write_json, finite_or_none, keep_jsonl_rows, read_json, read_jsonl, to_json
 
 __all__ = [
     "THEOREM31_KEYS",
@@ -410,17 +410,6 @@ def rate_matches(theory_json: dict) -> dict:
     }
 
 
-def _clean(obj):
-    """Nested JSON: non-finite floats become None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 class TheoryGDMonitor(Callback):
     """For `experiment=theory_gd`. At set-up: checks Assumption 4.1 (ConfigError when
     violated, if `check_assumptions`). At the start of a fresh run: writes theory.json with
@@ -489,7 +478,7 @@ class TheoryGDMonitor(Callback):
                                             act["gamma"] or 0.0),
         }
         pl_module.train(was_training)
-        atomic_write_json(self.theory_path, _clean(info))
+        atomic_write_json(self.theory_path, finite_or_none(info))
 
     def _head(self, net) -> list[torch.Tensor]:
         return [w.detach() for w in net.weights[net.nonlinear_depth:]]
@@ -524,7 +513,7 @@ class TheoryGDMonitor(Callback):
     def flush(self) -> None:
         if not self.buffer:
             return
-        data = "".join(to_json(_clean(row)) + "\n" for row in self.buffer).encode()
+        data = "".join(to_json(finite_or_none(row)) + "\n" for row in self.buffer).encode()
         fd = os.open(self.steps_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, data)
@@ -547,7 +536,7 @@ class TheoryGDMonitor(Callback):
         wd = float(pl_module.optim.get("weight_decay", 0.0))
         info["rate"] = analyse_steps(read_jsonl(self.steps_path), wd, self.settle, self.floor,
                                      self.tolerance, self.min_points)
-        atomic_write_json(self.theory_path, _clean(info))
+        atomic_write_json(self.theory_path, finite_or_none(info))
 
 
 def _pyramidal(widths: Sequence[int], num_train: int) -> bool:
