@@ -42,3 +42,16 @@ def test_multirun_through_a_launcher_gives_each_job_its_own_directory_and_wandb_
         assert len(offline) == 1
         ids.add(offline[0].name.rsplit("-", 1)[1])
     assert len(ids) == 2
+
+
+def test_a_bad_or_diverging_job_costs_that_job_only(tmp_path):
+    proc = launch(tmp_path, "logger=none", "optim.lr=1e6,0.01", "model.width=0,16",
+                  f"hydra.sweep.dir={tmp_path}/sweep", multirun=True)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    status = {p.name: json.loads((p / "summary.json").read_text())
+              for p in (tmp_path / "sweep").iterdir() if p.is_dir()}
+    by_setting = {(s["error"] if "error" in s else ""): s["status"] for s in status.values()}
+    assert sorted(s["status"] for s in status.values()) == ["diverged", "failed", "failed", "finished"]
+    assert all("model.width=0" in e for e, st in by_setting.items() if st == "failed")
+    assert "model.width=0 is not allowed" in err

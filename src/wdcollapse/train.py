@@ -13,6 +13,7 @@ with the same run directory resumes a killed run and skips a finished one (resum
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -153,7 +154,11 @@ def _hydra_main(cfg: DictConfig) -> None:
         log.info("%s: %s (epoch %s)", out_dir, summary.get("status"), summary.get("epochs"))
     except (ConfigError, DataNotFoundError, DataCorruptError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        if not multirun:
+            sys.exit(2)
+        # One bad combination of a sweep costs that job only; the report shows it as failed.
+        with contextlib.suppress(OSError):
+            write_summary(out_dir, status="failed", error=str(e))
     except Exception as e:
         if not multirun:
             raise

@@ -1,0 +1,33 @@
+"""Writes that survive a kill: whole-line appends, temp-file-then-rename replacements."""
+import json
+from unittest import mock
+
+import pytest
+
+from wdcollapse import io
+
+
+def test_a_truncated_last_line_is_ignored_and_trimmed(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for epoch in range(3):
+        io.append_jsonl(path, {"epoch": epoch, "x": epoch / 3})
+    with open(path, "a") as f:
+        f.write('{"epoch": 3, "x": 0.9')  # a kill in the middle of a line
+    assert [r["epoch"] for r in io.read_jsonl(path)] == [0, 1, 2]
+    assert [r["epoch"] for r in io.keep_jsonl_rows(path, lambda r: r["epoch"] <= 1)] == [0, 1]
+    assert path.read_text().count("\n") == 2 and path.read_text().endswith("\n")
+
+
+def test_non_finite_values_become_null_at_any_depth():
+    text = io.to_json({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}}
+
+
+def test_a_failed_atomic_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "summary.json"
+    io.atomic_write_json(path, {"status": "running"})
+    with mock.patch("os.replace", side_effect=OSError("disk full")):
+        with pytest.raises(OSError):
+            io.atomic_write_json(path, {"status": "finished"})
+    assert json.loads(path.read_text()) == {"status": "running"}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left behind
