@@ -7,7 +7,7 @@ PRESET ?= cpu
 STAMP := $(VENV)/.installed
 DATA_DIR ?= data
 
-.PHONY: install data test test-fast reproduce bench clean
+.PHONY: install data fashion-mnist cifar10 test reproduce bench fault-drill clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ install: $(STAMP) $(DATA_DIR)/MNIST/raw/train-images-idx3-ubyte
 
 data: install
 
+# Fashion-MNIST ships in Debian: install the package (root or sudo), then convert it.
+fashion-mnist: install
+	test -d /usr/share/datasets/fashion-mnist || $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y dataset-fashion-mnist
+	$(PY) -m wdcollapse.data.prepare fashion_mnist --root $(DATA_DIR)
+
+# CIFAR-10 as JPEG class folders from a tarball: make cifar10 CIFAR_TARBALL=../shared/data/cifar10-jpg.tar.gz
+CIFAR_TARBALL ?= ../shared/data/cifar10-jpg.tar.gz
+cifar10: install
+	$(PY) -m wdcollapse.data.prepare cifar10_folder --root $(DATA_DIR)/cifar10-jpg --tarball $(CIFAR_TARBALL)
+
 test: install
 	WANDB_MODE=offline WANDB_SILENT=true $(PY) -m pytest -q
 
@@ -31,6 +41,9 @@ reproduce: install
 
 bench: install
 	$(PY) scripts/bench.py
+
+fault-drill: install
+	$(PY) scripts/fault_drill.py --kills 5
 
 clean:
 	rm -rf outputs multirun
