@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = ["data.num_per_class=100", "model.width=128", "data.batch_size=50", "logger=none"]
+RUN = ["data.num_per_class=100", "model.width=128", "data.batch_size=50", "logger=none",
+       "callbacks.metrics.schedule=every"]
 
 
 def command(out: Path, epochs: int) -> list[str]:

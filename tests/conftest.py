@@ -9,7 +9,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # A tiny MLP on a small MNIST subset: the whole entry point in a few seconds.
 TINY = ["data.num_per_class=10", "model.width=32", "model.nonlinear_depth=2", "model.linear_depth=2",
-        "data.batch_size=32", "optim.warmup_epochs=0", "trainer.max_epochs=2"]
+        "data.batch_size=32", "optim.warmup_epochs=0", "trainer.max_epochs=2",
+        "callbacks.metrics.schedule=every"]
 
 
 def run_train(out_dir, *overrides, env=None, check=True, timeout=300):

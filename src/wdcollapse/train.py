@@ -118,7 +118,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     module = CollapseModule(instantiate(cfg.model), cfg.loss.name, cfg.loss.mse_reduction,
-                            optim=OmegaConf.to_container(cfg.optim, resolve=True))
+                            optim=OmegaConf.to_container(cfg.optim, resolve=True),
+                            compile=bool(cfg.compile), channels_last=bool(cfg.channels_last))
 
     start = time.time()
     write_summary(out_dir, status="running", name=cfg.name, seed=int(cfg.seed),
