@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from ..runs import Run
@@ -68,6 +69,7 @@ def plot_linear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str =
                 shown += _errorbar(ax, xs, values, label, fmt)
         log_scale_if_spanning_decades(ax, shown, decades=1.0)
         ax.set_xlabel("number of linear layers L2")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{metric.upper()} at the end of training", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -86,6 +88,7 @@ def plot_nonlinear_depth_sweep(runs: list[Run], path_stem: str | Path, title: st
                 values = [[nonlinear_depth_point(r)[f"{metric}_{stat}"] for r in by_depth[x]] for x in xs]
                 _errorbar(ax, xs, values, f"{stat}, lr {lr:g}", fmt)
         ax.set_xlabel("number of non-linear layers L1")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{metric} of the non-linear layers (end of training)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
