@@ -7,7 +7,6 @@ import pickle
 import shutil
 import struct
 import tarfile
-import time
 from functools import partial
 from pathlib import Path
 
@@ -340,17 +339,15 @@ def test_real_tarball_layout_and_sample(tmp_path):
                     reason="extracts and decodes 60k JPEGs (~20 s); set WDCOLLAPSE_SLOW=1")
 def test_real_tarball_full(tmp_path):
     folder = extract_image_folder(CIFAR_TARBALL, tmp_path)
-    start = time.perf_counter()
     x, y = load_split("cifar10", None, train=True, image_folder=folder)
-    decode_s = time.perf_counter() - start
     assert x.shape == (50000, 3, 32, 32) and torch.bincount(y).tolist() == [5000] * 10
     pixels = x.float() / 255
     mean, std = MEAN_STD["cifar10"]
     assert torch.allclose(pixels.mean((0, 2, 3)), torch.tensor(mean), atol=0.005)
     assert torch.allclose(pixels.std((0, 2, 3)), torch.tensor(std), atol=0.005)
-    start = time.perf_counter()
+    assert (folder / ".cache-train.pt").is_file()
     x2, _ = load_split("cifar10", None, train=True, image_folder=folder)
-    assert torch.equal(x, x2) and time.perf_counter() - start < decode_s
+    assert torch.equal(x, x2)
     x, y = load_split("cifar10", None, train=False, image_folder=folder)
     assert x.shape == (10000, 3, 32, 32) and torch.bincount(y).tolist() == [1000] * 10
 
