@@ -72,3 +72,20 @@ def test_rerun_skips_finished_runs_and_replots(smoke):
     assert proc.stdout.count("already done: skipping") == 5
     assert {p: p.stat().st_mtime_ns for p in metrics} == before
     assert png.stat().st_mtime_ns > png_before
+
+
+CIFAR_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+
+@pytest.mark.skipif(not CIFAR_TARBALL.is_file(), reason=f"CIFAR-10 JPEG tarball not present at {CIFAR_TARBALL}")
+def test_cifar10_figures_run_from_the_jpeg_tarball(tmp_path):
+    cmd = [sys.executable, "-m", "wdcollapse.reproduce", "--preset", "smoke", "--out", str(tmp_path),
+           "--only", "resnet20_cifar10", "linear_depth_cifar10", "--cifar", str(CIFAR_TARBALL)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["skipped_figures"] == {}
+    assert report["runs"]["resnet20_cifar10"]["finished"] == 1 and report["runs"]["linear_depth_cifar10"]["finished"] == 2
+    for name in ("resnet20_cifar10_curves", "resnet20_cifar10_grams", "linear_depth_cifar10"):
+        assert mpimg.imread(tmp_path / "figures" / f"{name}.png").ndim == 3
