@@ -30,6 +30,7 @@ from .io import read_json
 from .runs import Run, load_runs
 
 TERMINAL = ("finished", "diverged", "failed")
+SETTLED = ("finished", "diverged")  # a failed run is tried again when the figure is re-run
 
 
 @dataclass
@@ -131,7 +132,7 @@ def run_figure(figure: Figure, preset: str, out: Path, jobs: int, extra: list[st
     """Run the figure's multirun unless every run of it already finished; True on success."""
     sweep_dir = out / "runs" / figure.name
     runs = figure_runs(out, figure)
-    if len(runs) >= figure.num_runs and all(r.status in TERMINAL for r in runs):
+    if len(runs) >= figure.num_runs and all(r.status in SETTLED for r in runs):
         print(f"[{figure.name}] all {figure.num_runs} runs already done: skipping", flush=True)
         return True
     log_path = out / "logs" / f"{figure.name}.log"
