@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, Checkpoint
 
 from .io import append_jsonl, atomic_write_json, read_jsonl
-from .probe import accuracy, metric_pass
+from .probe import accuracy, gather_states, metric_pass
 from .theory import theory_observers
 
 SCHEDULES = ("every", "log")
@@ -30,6 +30,11 @@ def evaluation_epochs(max_epochs: int, schedule: str = "every", every_n: int = 1
     return {e for e in epochs if e <= max_epochs} | {max_epochs}
 
 
+def distributed(trainer) -> bool:
+    """Whether `trainer` runs several processes that share a torch.distributed group."""
+    return trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 class Diverged(RuntimeError):
     def __init__(self, epoch: int, step: int, loss: float):
         super().__init__(f"training loss became {loss} at epoch {epoch} (step {step})")
@@ -42,8 +47,14 @@ class DivergenceGuard(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss).all():
-            raise Diverged(trainer.current_epoch, trainer.global_step, float(loss.detach()))
+        finite = loss is None or bool(torch.isfinite(loss).all())
+        if distributed(trainer):
+            # Every rank stops together (one rank raising alone would leave the others
+            # waiting in the next collective): all ranks finite, or all raise.
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            value = float(loss.detach()) if loss is not None and not torch.isfinite(loss).all() else math.nan
+            raise Diverged(trainer.current_epoch, trainer.global_step, value)
 
 
 class MetricMonitor(Callback):
@@ -53,7 +64,13 @@ class MetricMonitor(Callback):
     `theory` adds Theorem 3.1's `theory/*` quantities (see wdcollapse.theory): auto = for
     models with a linear head of >= 2 layers, true, or false. `exact=False` computes each
     chunk's statistics in float32 and accumulates them in float64 (about 1e-7 relative to the
-    float64 path, 1.6x faster)."""
+    float64 path, 1.6x faster).
+
+    Under data parallelism (Lightning's DDP) each rank runs the metric pass on its share of
+    the chunks of the training (and test) set and the ranks' accumulated statistics are
+    gathered and merged in rank order (probe.gather_states), so every rank computes the row
+    of a single-process pass over the same weights (up to float rounding); only global rank
+    0 writes metrics.jsonl and grams.json and logs."""
 
     def __init__(self, out_dir: str | Path, schedule: str = "every", every_n: int = 1,
                  num_points: int = 50, test_acc: bool = True, theory: str | bool = "auto",
@@ -72,7 +89,9 @@ class MetricMonitor(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.epochs = evaluation_epochs(trainer.max_epochs, self.schedule, self.every_n, self.num_points)
         done = {row["epoch"] for row in read_jsonl(self.metrics_path)}
-        if trainer.current_epoch == 0 and 0 not in done:
+        # rank 0's file decides, so that all ranks enter the (collective) pass or none does
+        needed = trainer.strategy.broadcast(trainer.current_epoch == 0 and 0 not in done, src=0)
+        if needed:
             self.evaluate(trainer, pl_module, epoch=0)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -87,10 +106,15 @@ class MetricMonitor(Callback):
         pl_module.eval()
         n = data.num_train
         observers = theory_observers(self.theory, pl_module.model, data.num_classes)
+        if distributed(trainer):
+            share = {"rank": trainer.global_rank, "world": trainer.world_size}
+            reduce = gather_states
+        else:
+            share, reduce = {}, None
         try:
-            row, grams = metric_pass(pl_module.model, data.eval_batches("train"), data.num_classes,
+            row, grams = metric_pass(pl_module.model, data.eval_batches("train", **share), data.num_classes,
                                      loss_fn=lambda out, y: pl_module.loss(out, y, num_total=n),
-                                     observers=observers, exact=self.exact)
+                                     observers=observers, exact=self.exact, reduce=reduce)
         except torch.linalg.LinAlgError:
             # Non-finite features: the epoch's last step blew up, and DivergenceGuard only saw
             # the loss before it (full-batch GD has one step per epoch).
@@ -101,14 +125,15 @@ class MetricMonitor(Callback):
         record = {"epoch": epoch, "step": trainer.global_step,
                   "train/loss": row.pop("loss"), "train/acc": row.pop("acc")}
         if self.test_acc:
-            record["test/acc"] = accuracy(pl_module.model, data.eval_batches("test"))
+            record["test/acc"] = accuracy(pl_module.model, data.eval_batches("test", **share), reduce=reduce)
         record["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
         record.update(row)
         pl_module.train(was_training)
-        append_jsonl(self.metrics_path, record)
-        atomic_write_json(self.out_dir / "grams.json", {"epoch": epoch, "grams": grams})
-        for logger in trainer.loggers:
-            logger.log_metrics(record, step=trainer.global_step)
+        if trainer.is_global_zero:
+            append_jsonl(self.metrics_path, record)
+            atomic_write_json(self.out_dir / "grams.json", {"epoch": epoch, "grams": grams})
+            for logger in trainer.loggers:
+                logger.log_metrics(record, step=trainer.global_step)
         self.metric_seconds += time.perf_counter() - start
         return record
 
@@ -132,5 +157,6 @@ class AtomicCheckpoint(Checkpoint):
             return
         self.dirpath.mkdir(parents=True, exist_ok=True)
         tmp = self.dirpath / ".last.ckpt.tmp"
-        trainer.save_checkpoint(tmp)
-        os.replace(tmp, self.last_path)
+        trainer.save_checkpoint(tmp)  # on every rank (a barrier); only global rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.last_path)

@@ -192,6 +192,18 @@ class TheoryObserver:
         self.pinv_rows = self.pinv_rows.to(z2.device)
         self.dist_sq += float((z2 - self.pinv_rows[y]).pow(2).sum())
 
+    def merge(self, other: "TheoryObserver") -> "TheoryObserver":
+        """Fold in an observer of the same network fed disjoint data (another process's share
+        of a data-parallel metric pass): Gram matrices and sums add, class statistics merge."""
+        if other.L != self.L or other.num_classes != self.num_classes:
+            raise ValueError("cannot merge theory observers of different networks")
+        self.gram_lm2.merge(other.gram_lm2)
+        self.gram_lm1.merge(other.gram_lm1)
+        self.nc.merge(other.nc)
+        self.sq_err += other.sq_err
+        self.dist_sq += other.dist_sq
+        return self
+
     def result(self) -> dict:
         counts, means, m2 = self.nc._stats()
         n = counts.double()
@@ -444,6 +456,11 @@ class TheoryGDMonitor(Callback):
         return [int(w.shape[0]) for w in net.weights]
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.world_size > 1:
+            # Its per-step loss and files are those of one process's full batch.
+            raise ConfigError(
+                f"experiment=theory_gd (full-batch gradient descent, Theorem 4.4) runs in one process; "
+                f"got trainer.strategy with world size {trainer.world_size}: use trainer.devices=1")
         if self.check_assumptions:
             check_assumption_41(self._widths(pl_module.model), trainer.datamodule.num_train)
 

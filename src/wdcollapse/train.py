@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 import traceback
@@ -27,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from .callbacks import AtomicCheckpoint, Diverged, DivergenceGuard, MetricMonitor
 from .config import REPO_ROOT, ConfigError, check_config, check_output_override, check_writable, register_resolvers
@@ -49,6 +51,14 @@ def write_summary(out_dir: Path, **fields) -> dict:
     summary["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def launched_rank() -> int:
+    """This process's global rank as its launcher set it (Lightning's DDP launcher starts
+    ranks > 0 by re-running the command line with LOCAL_RANK/NODE_RANK set; torchrun and SLURM
+    set RANK/SLURM_PROCID); 0 in a single-process run. Known before the Trainer exists, so
+    that only rank 0 touches the run directory's files."""
+    return int(rank_zero_only.rank or 0)
 
 
 def prepare_run_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
@@ -103,12 +113,21 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Train as `cfg` says into `out_dir`; returns the run's summary."""
     check_config(cfg)
     out_dir = check_writable(out_dir)
+    # Under DDP, ranks > 0 are started by rank 0 inside trainer.fit, with the same command line
+    # and run directory: only rank 0 prepares the directory and writes config, summary and
+    # error files (the metric callback and the checkpoint also write on rank 0 only).
+    main_rank = launched_rank() == 0
     previous = read_json(out_dir / "summary.json")
-    if previous and previous.get("status") in TERMINAL and cfg.resume == "auto":
+    if main_rank and previous and previous.get("status") in TERMINAL and cfg.resume == "auto":
         log.info("%s already %s; skipping", out_dir, previous["status"])
         return previous
-    ckpt = prepare_run_dir(cfg, out_dir)
-    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if main_rank:
+        ckpt = prepare_run_dir(cfg, out_dir)
+        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    else:  # rank 0 has prepared the directory already; resume from the same checkpoint
+        ckpt = out_dir / "checkpoints" / "last.ckpt"
+        ckpt = ckpt if cfg.resume != "never" and ckpt.exists() else None
+    write_summary_here = write_summary if main_rank else (lambda out_dir, **fields: fields)
 
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), verbose=False)
@@ -122,7 +141,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                             compile=bool(cfg.compile), channels_last=bool(cfg.channels_last))
 
     start = time.time()
-    write_summary(out_dir, status="running", name=cfg.name, seed=int(cfg.seed),
+    write_summary_here(out_dir, status="running", name=cfg.name, seed=int(cfg.seed),
                   num_train=datamodule.num_train, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     trainer = None
     try:
@@ -133,17 +152,28 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         log.warning("%s: %s", out_dir, e)
         status, extra = "diverged", {"diverged_epoch": e.epoch, "diverged_step": e.step}
     except BaseException as e:
-        write_summary(out_dir, status="failed", error=f"{type(e).__name__}: {e}")
-        atomic_write_text(out_dir / "error.txt", traceback.format_exc())
+        write_summary_here(out_dir, status="failed", error=f"{type(e).__name__}: {e}")
+        if main_rank:
+            atomic_write_text(out_dir / "error.txt", traceback.format_exc())
         raise
     finally:
         finish_loggers(trainer)
     rows = read_jsonl(out_dir / "metrics.jsonl")
-    return write_summary(
+    return write_summary_here(
         out_dir, status=status, epochs=rows[-1]["epoch"] if rows else 0,
         final=rows[-1] if rows else {}, wall_seconds=round(time.time() - start, 2),
         metric_seconds=round(monitor.metric_seconds, 2) if trainer else None, **extra,
     )
+
+
+def launches_ddp_processes(cfg: DictConfig) -> bool:
+    """Whether Lightning would start further processes by re-running this command line (DDP
+    over several devices, not started by an external launcher that sets RANK/SLURM_PROCID)."""
+    trainer = cfg.get("trainer", {})
+    strategy = str(trainer.get("strategy", "auto"))
+    devices = trainer.get("devices", 1)
+    several = str(devices) not in ("1", "[0]") and devices != [0]
+    return strategy.startswith("ddp") and several and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -151,8 +181,15 @@ def _hydra_main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        if multirun and launches_ddp_processes(cfg):
+            raise ConfigError(
+                f"trainer.strategy={cfg.trainer.strategy} with trainer.devices={cfg.trainer.devices} in a "
+                "multirun (-m): Lightning's DDP launcher starts the other ranks by re-running the command "
+                "line, which would re-launch the sweep; run DDP jobs one at a time (no -m) with an "
+                "explicit hydra.run.dir, or let SLURM/torchrun start the processes")
         summary = run(cfg, out_dir)
-        log.info("%s: %s (epoch %s)", out_dir, summary.get("status"), summary.get("epochs"))
+        if launched_rank() == 0:
+            log.info("%s: %s (epoch %s)", out_dir, summary.get("status"), summary.get("epochs"))
     except (ConfigError, DataNotFoundError, DataCorruptError) as e:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:

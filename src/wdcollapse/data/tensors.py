@@ -27,20 +27,45 @@ def class_balanced_subset(labels: torch.Tensor, num_per_class: int, num_classes:
 
 class PermutationBatches:
     """Shuffled batches of in-memory tensors. The permutation of epoch e depends only on
-    (seed, e), so a resumed run sees exactly the batches an uninterrupted one would."""
+    (seed, e), so a resumed run sees exactly the batches an uninterrupted one would.
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: Callable[[], int]):
+    Under data parallelism (`world` > 1 processes) every rank draws the same permutation,
+    pads it by wrapping around to a multiple of `world` and takes its disjoint shard
+    perm[rank::world], as torch's DistributedSampler does; `batch_size` is per process.
+    With `world` = 1 the batches are those of the single-process run, in its order."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: Callable[[], int],
+                 rank: int = 0, world: int = 1):
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
         self.x, self.y, self.batch_size, self.seed, self.epoch = x, y, batch_size, seed, epoch
+        self.rank, self.world = rank, world
+
+    @property
+    def shard_size(self) -> int:
+        """Samples per rank and epoch: ceil(N / world)."""
+        return -(-len(self.y) // self.world)
 
     def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
+        return -(-self.shard_size // self.batch_size)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's sample indices of the current epoch, in batch order."""
+        # A CPU generator gives the same permutation on every device (a run may resume on
+        # another) and on every rank.
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch())
+        perm = torch.randperm(len(self.y), generator=g)
+        if self.world > 1:
+            total = self.shard_size * self.world
+            if total > len(perm):  # wrap around (repeatedly, if N < world)
+                perm = perm.repeat(-(-total // len(perm)))[:total]
+            perm = perm[self.rank :: self.world]
+        return perm
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # A CPU generator gives the same permutation on every device (a run may resume on
-        # another); it moves to the data's device once per epoch, and each batch is a gather
-        # there: no workers, no host-to-device copies.
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch())
-        perm = torch.randperm(len(self.y), generator=g).to(self.y.device)
+        # The permutation moves to the data's device once per epoch, and each batch is a
+        # gather there: no workers, no host-to-device copies.
+        perm = self.indices().to(self.y.device)
         for idx in perm.split(self.batch_size):
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)
 
@@ -116,12 +141,29 @@ class TensorDataModule(pl.LightningDataModule):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
-    def train_dataloader(self) -> PermutationBatches:
-        batch = self.batch_size or self.num_train
-        return PermutationBatches(self.train_x, self.train_y, batch, self.shuffle_seed, self._epoch)
+    def rank_and_world(self) -> tuple[int, int]:
+        """(global rank, number of processes) of the attached trainer; (0, 1) without one."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
 
-    def eval_batches(self, split: str = "train") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The split in its stored order, in chunks of `eval_chunk` samples."""
+    def train_dataloader(self) -> PermutationBatches:
+        rank, world = self.rank_and_world()
+        # full batch under data parallelism: each rank's whole shard
+        batch = self.batch_size or -(-self.num_train // world)
+        return PermutationBatches(self.train_x, self.train_y, batch, self.shuffle_seed, self._epoch,
+                                  rank=rank, world=world)
+
+    def eval_batches(self, split: str = "train", rank: int = 0, world: int = 1,
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The split in its stored order, in chunks of `eval_chunk` samples. With `world` > 1,
+        rank `rank`'s share: the chunks i with i % world == rank, so the ranks' shares are
+        disjoint, cover the split, and hold the very chunks of the single-process pass (whose
+        per-chunk statistics, float32 on the fast path, are then the same)."""
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
         x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
-        for start in range(0, len(y), self.eval_chunk):
-            yield x[start : start + self.eval_chunk], y[start : start + self.eval_chunk]
+        for i, start in enumerate(range(0, len(y), self.eval_chunk)):
+            if i % world == rank:
+                yield x[start : start + self.eval_chunk], y[start : start + self.eval_chunk]

@@ -1,0 +1,116 @@
+"""Data parallelism: the metric pass reduced across processes equals the single-process pass,
+the training shards are disjoint, and a real 2-process DDP run (CPU, gloo) writes the same
+epoch-0 metrics as a single-process run, once, from rank 0."""
+import json
+import math
+import socket
+
+import pytest
+import torch
+
+from conftest import TINY, read_metrics, run_train
+from wdcollapse.data.tensors import PermutationBatches
+from wdcollapse.models import MLP
+from wdcollapse.probe import accuracy, metric_pass
+from wdcollapse.theory import TheoryObserver
+
+
+def in_process_reduce():
+    """A `reduce` for metric_pass over simulated ranks: the i-th call is rank i's; every call
+    returns the states of all ranks so far, so the last one returns all of them in rank order."""
+    states = []
+
+    def reduce(state):
+        states.append(state)
+        return list(states)
+
+    return reduce
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_merged_halves_equal_the_full_pass(exact):
+    torch.manual_seed(0)
+    net = MLP((1, 6, 6), 5, nonlinear_depth=2, linear_depth=3, width=24).eval()
+    x, y = torch.randn(300, 1, 6, 6), torch.arange(300) % 5
+    chunks = [(x[i:i + 40], y[i:i + 40]) for i in range(0, 300, 40)]  # 8 chunks, the last short
+    loss_fn = lambda out, t: 0.5 * (out - torch.nn.functional.one_hot(t, 5)).pow(2).sum()  # noqa: E731
+    full, full_grams = metric_pass(net, chunks, 5, loss_fn=loss_fn, observers=[TheoryObserver(net, 5)], exact=exact)
+
+    # rank 0 takes chunks 0, 2, ...; rank 1 chunks 1, 3, ... (eval_batches' split); the
+    # second (last) call sees both states and merges them in rank order.
+    reduce = in_process_reduce()
+    metric_pass(net, chunks[0::2], 5, loss_fn=loss_fn, observers=[TheoryObserver(net, 5)], exact=exact,
+                reduce=reduce)
+    merged, merged_grams = metric_pass(net, chunks[1::2], 5, loss_fn=loss_fn,
+                                       observers=[TheoryObserver(net, 5)], exact=exact, reduce=reduce)
+    assert set(merged) == set(full) and any(k.startswith("theory/") for k in full)
+    for key, value in full.items():
+        if isinstance(value, bool) or value is None or (isinstance(value, float) and math.isinf(value)):
+            assert merged[key] == value, key
+        else:
+            assert merged[key] == pytest.approx(value, rel=1e-10, abs=1e-12), key
+    for name, gram in full_grams.items():
+        assert torch.allclose(torch.tensor(merged_grams[name]), torch.tensor(gram), rtol=1e-10, atol=1e-12), name
+
+    reduce_acc = in_process_reduce()
+    accuracy(net, chunks[0::2], reduce=reduce_acc)
+    assert accuracy(net, chunks[1::2], reduce=reduce_acc) == accuracy(net, chunks)
+
+
+def test_a_rank_without_data_merges_as_nothing():
+    torch.manual_seed(1)
+    net = MLP((1, 4, 4), 3, nonlinear_depth=1, linear_depth=2, width=8).eval()
+    x, y = torch.randn(30, 1, 4, 4), torch.arange(30) % 3
+    full, _ = metric_pass(net, [(x, y)], 3, observers=[TheoryObserver(net, 3)])
+    reduce = in_process_reduce()
+    metric_pass(net, [(x, y)], 3, observers=[TheoryObserver(net, 3)], reduce=reduce)
+    merged, _ = metric_pass(net, [], 3, observers=[TheoryObserver(net, 3)], reduce=reduce)
+    assert merged == full
+
+
+@pytest.mark.parametrize("n,world,batch", [(100, 2, 32), (101, 2, 7), (10, 3, 4), (2, 4, 1)])
+def test_permutation_shards_are_disjoint_and_cover_the_epoch(n, world, batch):
+    x, y = torch.arange(n).float().unsqueeze(1), torch.arange(n)
+    single = PermutationBatches(x, y, batch, seed=3, epoch=lambda: 5)
+    perm = torch.cat([b for _, b in single])
+    shards = [PermutationBatches(x, y, batch, seed=3, epoch=lambda: 5, rank=r, world=world) for r in range(world)]
+    got = [torch.cat([b for _, b in s]) for s in shards]
+    assert all(len(list(s)) == len(s) for s in shards) and len({len(s) for s in shards}) == 1
+    size = -(-n // world)
+    assert all(len(g) == size for g in got)
+    # the single-process permutation, wrapped to a multiple of world, dealt round-robin
+    padded = perm.repeat(-(-size * world // n))[: size * world]
+    for r in range(world):
+        assert torch.equal(got[r], padded[r::world])
+    assert set(torch.cat(got).tolist()) == set(range(n))
+    if size * world == n:  # no padding: disjoint
+        assert len(torch.cat(got).unique()) == n
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_on_two_cpu_processes_matches_a_single_process_run(tmp_path):
+    # eval_chunk=25: 4 chunks of the 100 training samples, 2 per rank (the chunks of the
+    # single-process pass, so even the float32 fast path agrees to float64 rounding)
+    args = [*TINY, "logger=none", "data.eval_chunk=25", "trainer.max_epochs=2"]
+    run_train(tmp_path / "single", *args, timeout=120)
+    run_train(tmp_path / "ddp", *args, "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+              env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}, timeout=180)
+    single, ddp = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "ddp")
+    assert [r["epoch"] for r in ddp] == [0, 1, 2]  # written once (by rank 0 only)
+    assert all(set(r) == set(single[0]) for r in ddp)
+    for key, value in single[0].items():
+        if isinstance(value, bool) or value is None:
+            assert ddp[0][key] == value, key
+        else:
+            assert ddp[0][key] == pytest.approx(value, rel=1e-8, abs=1e-12), key
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["final"] == ddp[-1]
+    # each rank trains on half the data per epoch: 2 batches of <= 32 per epoch
+    assert ddp[-1]["step"] == 4 and single[-1]["step"] == 8
+    assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").exists()
+    assert not list((tmp_path / "ddp" / "checkpoints").glob(".*tmp"))
