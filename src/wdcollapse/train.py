@@ -37,6 +37,10 @@ from .io import atomic_write_json, atomic_write_text, keep_jsonl_rows, read_json
 from .module import CollapseModule
 
 log = logging.getLogger("wdcollapse")
+# Lightning's advertisement for its cloud logger, and a note on every checkpoint load.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage())
+logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
 TERMINAL = ("finished", "diverged")
 CONF_DIR = str(REPO_ROOT / "conf")
 
