@@ -84,7 +84,6 @@ def test_report_and_figures_survive_diverged_and_missing_runs(tmp_path):
     made = make_figures(tmp_path, [figure], runs_of)
     assert {p.name for p in made} >= {"mlp_mnist_curves.png", "mlp_mnist_curves.pdf"}
     report = write_report(tmp_path, "test", [figure], runs_of, {})
-    assert report["runs"]["mlp_mnist"] | {} == report["runs"]["mlp_mnist"]
     assert report["runs"]["mlp_mnist"]["diverged"] == 1 and report["runs"]["mlp_mnist"]["expected"] == 3
     assert report["claims"][0]["evidence"]["runs"] == 1  # only the finished run decides a claim
     assert "seed=1" in (tmp_path / "REPORT.md").read_text()

@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="cpu", help="cpu (default), smoke or paper: conf/reproduce/<preset>.yaml")
     parser.add_argument("--out", default=None, help="output folder (default outputs/reproduce/<preset>)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: the preset's)")
-    parser.add_argument("--only", nargs="*", default=None, help="only these figures")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="train only these figures (the report still covers every figure with runs)")
     parser.add_argument("--cifar", default=None,
                         help="CIFAR-10 for the CIFAR figures: an image folder, the cifar10-jpg tarball, or 'torchvision'")
     parser.add_argument("--plots-only", action="store_true", help="re-plot and re-report from existing runs")
@@ -191,23 +192,22 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(args.only) - {f.name for f in figures}
         if unknown:
             raise SystemExit(f"error: unknown figure(s) {sorted(unknown)}; choose from {[f.name for f in figures]}")
-        figures = [f for f in figures if f.name in args.only]
+    # --only limits what trains; the figures and the report cover every figure with runs.
+    to_run = figures if args.only is None else [f for f in figures if f.name in args.only]
     cifar = cifar_overrides(args.cifar, REPO_ROOT / "data")
 
     start = time.time()
-    skipped = {}
-    for figure in figures:
-        if figure.needs == "cifar10" and cifar is None:
-            skipped[figure.name] = "needs CIFAR-10: pass --cifar DIR|TARBALL|torchvision (make reproduce CIFAR=...)"
-            continue
-        if not args.plots_only:
+    skipped = {f.name: "needs CIFAR-10: pass --cifar DIR|TARBALL|torchvision (make reproduce CIFAR=...)"
+               for f in figures if f.needs == "cifar10" and cifar is None and not figure_runs(out, f)}
+    for figure in to_run:
+        if figure.name not in skipped and not args.plots_only:
             run_figure(figure, args.preset, out, jobs, cifar if figure.needs == "cifar10" else [])
 
     from .report import make_figures, write_report
 
-    made = make_figures(out, [f for f in figures if f.name not in skipped], lambda f: figure_runs(out, f))
-    report = write_report(out, args.preset, [f for f in figures if f.name not in skipped],
-                          lambda f: figure_runs(out, f), skipped)
+    reported = [f for f in figures if f.name not in skipped]
+    made = make_figures(out, reported, lambda f: figure_runs(out, f))
+    report = write_report(out, args.preset, reported, lambda f: figure_runs(out, f), skipped)
     print(f"\nfigures: {out / 'figures'} ({len(made)} files)")
     for claim in report["claims"]:
         verdict = "PASS" if claim["passed"] else ("n/a" if claim["passed"] is None else "FAIL")

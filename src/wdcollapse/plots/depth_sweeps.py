@@ -56,6 +56,21 @@ def _errorbar(ax, xs, per_x_values, label, fmt):
     return means
 
 
+def _finish_axis(ax, xlabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # depths are whole numbers
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:  # an empty sweep has nothing to label
+        ax.legend(fontsize=7)
+
+
+def _finish_figure(fig, title: str, path_stem: str | Path) -> list[Path]:
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path_stem)
+
+
 def plot_linear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str = "") -> list[Path]:
     grouped = group_by(runs, lambda r: r.linear_depth, lambda r: float(r.config["optim"]["weight_decay"]))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -68,14 +83,8 @@ def plot_linear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str =
                 label = f"wd {wd:g}, {'input of last layer' if where == 'last' else 'input of first linear layer'}"
                 shown += _errorbar(ax, xs, values, label, fmt)
         log_scale_if_spanning_decades(ax, shown, decades=1.0)
-        ax.set_xlabel("number of linear layers L2")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{metric.upper()} at the end of training", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return save_figure(fig, path_stem)
+        _finish_axis(ax, "number of linear layers L2", f"{metric.upper()} at the end of training")
+    return _finish_figure(fig, title, path_stem)
 
 
 def plot_nonlinear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str = "") -> list[Path]:
@@ -87,11 +96,5 @@ def plot_nonlinear_depth_sweep(runs: list[Run], path_stem: str | Path, title: st
             for stat, fmt in (("mean", "o-"), ("min", "s--")):
                 values = [[nonlinear_depth_point(r)[f"{metric}_{stat}"] for r in by_depth[x]] for x in xs]
                 _errorbar(ax, xs, values, f"{stat}, lr {lr:g}", fmt)
-        ax.set_xlabel("number of non-linear layers L1")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{metric} of the non-linear layers (end of training)", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return save_figure(fig, path_stem)
+        _finish_axis(ax, "number of non-linear layers L1", f"{metric} of the non-linear layers (end of training)")
+    return _finish_figure(fig, title, path_stem)
