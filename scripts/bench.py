@@ -159,7 +159,7 @@ def metric_passes(monitor) -> dict:
 def bench_training(cfg, rounds: int, peak: float, with_metrics: bool = True) -> dict:
     """Lightning epochs of `cfg` against the plain loop (and the metric passes)."""
     torch.manual_seed(int(cfg.seed))
-    data = instantiate(cfg.data)
+    data = instantiate(cfg.data, steps_per_call=int(cfg.steps_per_call))
     data.setup()
     module = CollapseModule(instantiate(cfg.model), cfg.loss.name, cfg.loss.mse_reduction,
                             optim=OmegaConf.to_container(cfg.optim, resolve=True))

@@ -114,3 +114,39 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_run(tmp_path):
     assert ddp[-1]["step"] == 4 and single[-1]["step"] == 8
     assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").exists()
     assert not list((tmp_path / "ddp" / "checkpoints").glob(".*tmp"))
+
+
+def test_killed_ddp_run_resumes_to_the_uninterrupted_result(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    args = [*TINY, "logger=none", "trainer.max_epochs=8", "data.num_per_class=30", "trainer.strategy=ddp",
+            "trainer.devices=2", "trainer.accelerator=cpu"]
+    env = lambda: {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}  # noqa: E731
+    run_train(tmp_path / "ref", *args, env=env(), timeout=300)
+    out = tmp_path / "killed"
+    # Its own session: the kill takes rank 0 and the rank-1 process it started.
+    proc = subprocess.Popen([sys.executable, "-m", "wdcollapse.train", *args, f"hydra.run.dir={out}"], cwd=REPO,
+                            env={**os.environ, "WANDB_MODE": "offline", **env()}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+        if (out / "checkpoints" / "last.ckpt").exists() and len(rows) >= 4:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((out / "summary.json").read_text())["status"] == "running"
+    run_train(out, *args, env=env(), timeout=300)
+    ref, resumed = read_metrics(tmp_path / "ref"), read_metrics(out)
+    assert [r["epoch"] for r in resumed] == list(range(9))
+    for key, value in ref[-1].items():
+        assert resumed[-1][key] == (value if value is None or isinstance(value, bool)
+                                    else pytest.approx(value, rel=1e-6, abs=1e-9)), key
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"

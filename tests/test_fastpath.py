@@ -118,12 +118,12 @@ def test_channels_last_option_trains_a_resnet_step():
     module = CollapseModule(ResNet20([3, 32, 32], 10, 1, 2, width=16), channels_last=True)
     conv = module.model.trunk.stem[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
-    loss = module.training_step((x, y), 0)
+    loss = module.step_loss(x, y)
     loss.backward()
     assert torch.isfinite(loss) and conv.grad is not None
     plain = CollapseModule(ResNet20([3, 32, 32], 10, 1, 2, width=16))
     plain.model.load_state_dict(module.model.state_dict())
-    assert plain.training_step((x, y), 0).item() == pytest.approx(loss.item(), rel=1e-4)
+    assert plain.step_loss(x, y).item() == pytest.approx(loss.item(), rel=1e-4)
 
 
 @pytest.mark.slow
@@ -134,7 +134,7 @@ def test_compile_option_trains_a_step_like_eager():
     compiled = CollapseModule(MLP((1, 6, 6), 5, 2, 2, width=16), compile=True)
     eager = CollapseModule(MLP((1, 6, 6), 5, 2, 2, width=16))
     eager.model.load_state_dict(compiled.model.state_dict())  # same keys: compiled in place
-    loss = compiled.training_step((x, y), 0)
+    loss = compiled.step_loss(x, y)
     loss.backward()
-    assert loss.item() == pytest.approx(eager.training_step((x, y), 0).item(), rel=1e-5)
+    assert loss.item() == pytest.approx(eager.step_loss(x, y).item(), rel=1e-5)
     assert all(p.grad is not None for p in compiled.model.parameters())

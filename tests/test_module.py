@@ -31,3 +31,71 @@ def test_lr_schedule_warmup_then_drop():
     assert f(20) == 1.0 and f(799) == 1.0
     assert f(800) == pytest.approx(0.1)
     assert lr_factor(5, 10, 100, 0, None, 0.1) == 1.0
+
+
+def _train(steps_per_call, lr=0.05, epochs=2, callbacks=(), tmp_path=None):
+    import pytorch_lightning as pl
+
+    from wdcollapse.callbacks import DivergenceGuard
+    from wdcollapse.data.tensors import TensorDataModule
+    from wdcollapse.models import MLP
+    from wdcollapse.module import CollapseModule
+
+    torch.manual_seed(0)
+    dm = TensorDataModule("mnist", "/nonexistent", batch_size=8, steps_per_call=steps_per_call)
+    y = torch.arange(60) % 10
+    dm.train_x = torch.randn(10, 1, 4, 4)[y] + 0.3 * torch.randn(60, 1, 4, 4)
+    dm.train_y, dm.test_x, dm.test_y = y, dm.train_x[:10].clone(), y[:10].clone()
+    module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12),
+                            optim={"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-3, "warmup_epochs": 1})
+    initial = {k: v.clone() for k, v in module.model.state_dict().items()}
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, accelerator="cpu", default_root_dir=tmp_path,
+                         callbacks=[DivergenceGuard(), *callbacks])
+    trainer.fit(module, datamodule=dm)
+    return module, trainer, dm, initial
+
+
+def test_step_groups_train_exactly_like_one_step_per_call_and_like_a_plain_loop(tmp_path):
+    from wdcollapse.module import build_optimizer
+
+    one, trainer_one, dm, initial = _train(1, tmp_path=tmp_path)
+    grouped, trainer_grouped, _, _ = _train(3, tmp_path=tmp_path)  # 8 batches per epoch: groups 3, 3, 2
+    assert trainer_one.global_step == trainer_grouped.global_step == 16  # optimizer steps, not calls
+    for (name, a), b in zip(one.model.state_dict().items(), grouped.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert trainer_grouped.optimizers[0].param_groups[0]["lr"] == trainer_one.optimizers[0].param_groups[0]["lr"]
+
+    # The same steps by hand: same batches, optimizer and warm-up schedule.
+    from wdcollapse.models import MLP
+
+    net = MLP((1, 4, 4), 10, 2, 2, width=12)
+    net.load_state_dict(initial)
+    opt, schedule = build_optimizer(net.parameters(), one.optim, steps_per_epoch=8, max_epochs=2)
+    for epoch in range(2):
+        dm.trainer = None
+        batches = dm.train_batches()
+        batches.epoch = lambda: epoch
+        for x, y in batches:
+            opt.zero_grad(set_to_none=True)
+            classification_loss(net(x), y, "mse", "half_mean").backward()
+            opt.step()
+            schedule.step()
+    for (name, a), b in zip(net.state_dict().items(), one.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_divergence_stops_at_the_end_of_the_epoch_before_the_metric_pass(tmp_path):
+    import pytorch_lightning as pl
+
+    from wdcollapse.callbacks import Diverged
+
+    seen = []
+
+    class After(pl.Callback):  # runs after the guard: must never see the diverged epoch's end
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append(trainer.current_epoch)
+
+    with pytest.raises(Diverged, match=r"became (nan|inf) in epoch 0 \(detected at step 8\)") as info:
+        _train(4, lr=1e6, epochs=3, callbacks=[After()], tmp_path=tmp_path)
+    assert info.value.epoch == 0 and seen == []

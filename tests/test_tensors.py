@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from wdcollapse.data.tensors import PermutationBatches, class_balanced_subset
+from wdcollapse.data.tensors import PermutationBatches, StepGroups, class_balanced_subset
 
 
 def test_class_balanced_subset_is_balanced_seeded_and_checked():
@@ -27,3 +27,15 @@ def test_permutation_batches_cover_every_sample_once_and_depend_on_seed_and_epoc
     assert all(torch.equal(bx.squeeze(1).long(), by) for bx, by in batches)
     epoch[0] = 1
     assert not torch.equal(first, torch.cat([b[1] for b in batches]))
+
+
+def test_step_groups_partition_the_batches_in_order():
+    x, y = torch.arange(50).float().unsqueeze(1), torch.arange(50)
+    batches = PermutationBatches(x, y, 8, seed=2, epoch=lambda: 0)  # 7 batches
+    groups = StepGroups(batches, 3)
+    assert len(groups) == 3 and [len(g) for g in groups] == [3, 3, 1]
+    flat = [b for g in groups for b in g]
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(flat, batches)) and len(flat) == len(batches)
+    assert groups.state_dict() == {}  # stateful for Lightning: batches depend on (seed, epoch) only
+    with pytest.raises(ValueError, match="steps_per_call must be a positive integer"):
+        StepGroups(batches, 0)

@@ -37,24 +37,33 @@ def distributed(trainer) -> bool:
 
 class Diverged(RuntimeError):
     def __init__(self, epoch: int, step: int, loss: float):
-        super().__init__(f"training loss became {loss} at epoch {epoch} (step {step})")
+        # `epoch` counts from 0 (the epoch in which it happened); `step` is the global step at
+        # which it was detected (the end of that epoch).
+        super().__init__(f"training loss became {loss} in epoch {epoch} (detected at step {step})")
         self.epoch, self.step, self.loss = epoch, step, loss
 
 
-class DivergenceGuard(Callback):
-    """Stops the run at the first non-finite training loss (raising `Diverged`) before the
-    bad weights reach a checkpoint."""
+def check_diverged(trainer, pl_module) -> None:
+    """Raise `Diverged` if a training loss of this epoch was not finite (the module's on-device
+    sum `epoch_loss_sum` is then not finite either). One host read; under DDP a collective, so
+    every rank stops together (one rank raising alone would leave the others waiting)."""
+    total = getattr(pl_module, "epoch_loss_sum", None)
+    finite = total is None or bool(torch.isfinite(total))
+    if distributed(trainer):
+        finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+    if not finite:
+        value = float(total) if total is not None and not torch.isfinite(total) else math.nan
+        raise Diverged(trainer.current_epoch, trainer.global_step, value)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        finite = loss is None or bool(torch.isfinite(loss).all())
-        if distributed(trainer):
-            # Every rank stops together (one rank raising alone would leave the others
-            # waiting in the next collective): all ranks finite, or all raise.
-            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            value = float(loss.detach()) if loss is not None and not torch.isfinite(loss).all() else math.nan
-            raise Diverged(trainer.current_epoch, trainer.global_step, value)
+
+class DivergenceGuard(Callback):
+    """Stops the run (raising `Diverged`) at the end of the first epoch with a non-finite
+    training loss, before the bad weights reach the metric pass or a checkpoint: put it first
+    in the callback list (MetricMonitor checks too). Checked once per epoch, not per step: on
+    a GPU a read per step would stall the queue, and a diverged epoch only costs its steps."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        check_diverged(trainer, pl_module)
 
 
 class MetricMonitor(Callback):
@@ -97,6 +106,7 @@ class MetricMonitor(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
         if epoch in self.epochs:
+            check_diverged(trainer, pl_module)  # whatever the callback order: no rows of NaN weights
             self.evaluate(trainer, pl_module, epoch)
 
     def evaluate(self, trainer: pl.Trainer, pl_module, epoch: int) -> dict:
@@ -116,8 +126,8 @@ class MetricMonitor(Callback):
                                      loss_fn=lambda out, y: pl_module.loss(out, y, num_total=n),
                                      observers=observers, exact=self.exact, reduce=reduce)
         except torch.linalg.LinAlgError:
-            # Non-finite features: the epoch's last step blew up, and DivergenceGuard only saw
-            # the loss before it (full-batch GD has one step per epoch).
+            # Non-finite features: the epoch's last step blew up, and its loss (all that
+            # DivergenceGuard sees) was computed before that step.
             with torch.no_grad():
                 if all(torch.isfinite(pl_module.model(x)).all() for x, _ in data.eval_batches("train")):
                     raise

@@ -73,6 +73,8 @@ def check_config(cfg: DictConfig) -> None:
              trainer.max_epochs, "an integer >= 1")
     _require(cfg.callbacks.metrics.schedule in SCHEDULES, "callbacks.metrics.schedule",
              cfg.callbacks.metrics.schedule, f"one of {list(SCHEDULES)}")
+    _require(isinstance(cfg.steps_per_call, int) and cfg.steps_per_call >= 1, "steps_per_call",
+             cfg.steps_per_call, "an integer >= 1 (optimizer steps per Lightning training_step call)")
     _require(cfg.resume in ("auto", "never"), "resume", cfg.resume,
              "'auto' (continue a killed run, skip a finished one) or 'never' (start fresh)")
     if model.linear_depth == 1:

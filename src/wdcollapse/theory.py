@@ -461,8 +461,14 @@ class TheoryGDMonitor(Callback):
             raise ConfigError(
                 f"experiment=theory_gd (full-batch gradient descent, Theorem 4.4) runs in one process; "
                 f"got trainer.strategy with world size {trainer.world_size}: use trainer.devices=1")
+        data = trainer.datamodule
+        if getattr(data, "steps_per_call", 1) > 1 and data.steps_per_epoch > 1:
+            # Its rows are per optimizer step, written from Lightning's per-call batch hooks.
+            raise ConfigError(
+                f"the theory_gd monitor records every optimizer step: with {data.steps_per_epoch} "
+                f"mini-batches per epoch it needs steps_per_call=1 (got {data.steps_per_call})")
         if self.check_assumptions:
-            check_assumption_41(self._widths(pl_module.model), trainer.datamodule.num_train)
+            check_assumption_41(self._widths(pl_module.model), data.num_train)
 
     def on_train_start(self, trainer, pl_module) -> None:
         step = trainer.global_step
@@ -487,7 +493,7 @@ class TheoryGDMonitor(Callback):
                 "momentum": float(opt.get("momentum", 0.0)) if opt.get("name") != "gd" else 0.0,
                 "full_batch": getattr(data, "batch_size", None) in (None, data.num_train),
                 "loss": pl_module.loss_name, "mse_reduction": pl_module.mse_reduction,
-                "max_steps": int(trainer.estimated_stepping_batches),
+                "max_steps": int(data.steps_per_epoch * trainer.max_epochs),
             },
             "assumption_4_1": {"holds": _pyramidal(self._widths(net), data.num_train)},
             "assumption_4_2": act,
@@ -514,8 +520,10 @@ class TheoryGDMonitor(Callback):
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         loss = float(loss.detach()) if loss is not None else math.nan
-        # The training loss in the theory's reduction C_0 = 1/2 ||Z_L - Y||_F^2 on the batch.
-        n, reduction = len(batch[1]), pl_module.mse_reduction
+        # The training loss in the theory's reduction C_0 = 1/2 ||Z_L - Y||_F^2 on the batch
+        # (a group of one (x, y): see setup).
+        y = batch[1] if isinstance(batch, tuple) else batch[0][1]
+        n, reduction = len(y), pl_module.mse_reduction
         if pl_module.loss_name == "mse" and reduction == "half_mean":
             loss *= n
         elif pl_module.loss_name == "mse" and reduction == "mean":

@@ -83,9 +83,10 @@ def prepare_run_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
 
 def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[pl.Trainer, MetricMonitor]:
     monitor = instantiate(cfg.callbacks.metrics, out_dir=str(out_dir))
-    callbacks = [monitor, DivergenceGuard(), AtomicCheckpoint(out_dir / "checkpoints", cfg.callbacks.checkpoint_every_n_epochs)]
+    # The guard first: a diverged epoch ends before the metric pass sees its weights.
+    callbacks = [DivergenceGuard(), monitor, AtomicCheckpoint(out_dir / "checkpoints", cfg.callbacks.checkpoint_every_n_epochs)]
     if cfg.callbacks.get("theory_gd") is not None:  # experiment=theory_gd: Theorem 4.4's setting
-        callbacks.insert(1, instantiate(cfg.callbacks.theory_gd, out_dir=str(out_dir)))
+        callbacks.insert(2, instantiate(cfg.callbacks.theory_gd, out_dir=str(out_dir)))
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else []
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -135,7 +136,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), verbose=False)
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, steps_per_call=int(cfg.steps_per_call))
     try:
         datamodule.setup()
     except ValueError as e:

@@ -70,6 +70,37 @@ class PermutationBatches:
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)
 
 
+class StepGroups:
+    """The batches of `batches`, `size` consecutive ones at a time (the last group may be
+    shorter): what `CollapseModule.training_step` takes per call. Stateful in Lightning's sense
+    (state_dict/load_state_dict): the batches depend only on (seed, epoch), so a run resumed at
+    an epoch boundary continues exactly."""
+
+    def __init__(self, batches: PermutationBatches, size: int):
+        if int(size) != size or size < 1:
+            raise ValueError(f"steps_per_call must be a positive integer, got {size}")
+        self.batches, self.size = batches, int(size)
+
+    def __len__(self) -> int:
+        return -(-len(self.batches) // self.size)
+
+    def __iter__(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        group = []
+        for batch in self.batches:
+            group.append(batch)
+            if len(group) == self.size:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 class TensorDataModule(pl.LightningDataModule):
     """A dataset held in memory as float tensors (normalised), with optional class-balanced
     training and test subsets. `batch_size: null` means full-batch (gradient descent)."""
@@ -89,6 +120,7 @@ class TensorDataModule(pl.LightningDataModule):
         eval_chunk: int = 4096,
         num_classes: int | None = None,
         in_shape: list[int] | None = None,
+        steps_per_call: int = 1,
     ):
         super().__init__()
         if name not in NUM_CLASSES:
@@ -102,6 +134,9 @@ class TensorDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.normalize, self.download, self.image_folder = normalize, download, image_folder
         self.subset_seed, self.shuffle_seed, self.eval_chunk = subset_seed, shuffle_seed, eval_chunk
+        if int(steps_per_call) != steps_per_call or steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be a positive integer, got {steps_per_call}")
+        self.steps_per_call = int(steps_per_call)
         self.train_x = self.train_y = self.test_x = self.test_y = None
 
     def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,12 +183,24 @@ class TensorDataModule(pl.LightningDataModule):
             return 0, 1
         return int(trainer.global_rank), int(trainer.world_size)
 
-    def train_dataloader(self) -> PermutationBatches:
+    def train_batches(self) -> PermutationBatches:
+        """This process's training batches of the current epoch, one per optimizer step."""
         rank, world = self.rank_and_world()
         # full batch under data parallelism: each rank's whole shard
         batch = self.batch_size or -(-self.num_train // world)
         return PermutationBatches(self.train_x, self.train_y, batch, self.shuffle_seed, self._epoch,
                                   rank=rank, world=world)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (per process)."""
+        return len(self.train_batches())
+
+    def train_dataloader(self) -> StepGroups:
+        # DDP synchronises the gradients of one backward pass per forward call of its wrapped
+        # module, i.e. per training_step: under data parallelism a group is one batch.
+        size = self.steps_per_call if self.rank_and_world()[1] == 1 else 1
+        return StepGroups(self.train_batches(), size)
 
     def eval_batches(self, split: str = "train", rank: int = 0, world: int = 1,
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
