@@ -50,8 +50,8 @@ def _train(steps_per_call, lr=0.05, epochs=2, callbacks=(), tmp_path=None):
                             optim={"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-3, "warmup_epochs": 1})
     initial = {k: v.clone() for k, v in module.model.state_dict().items()}
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, accelerator="cpu", default_root_dir=tmp_path,
-                         callbacks=[DivergenceGuard(), *callbacks])
+                         enable_checkpointing=any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks),
+                         accelerator="cpu", default_root_dir=tmp_path, callbacks=[DivergenceGuard(), *callbacks])
     trainer.fit(module, datamodule=dm)
     return module, trainer, dm, initial
 
@@ -99,3 +99,42 @@ def test_divergence_stops_at_the_end_of_the_epoch_before_the_metric_pass(tmp_pat
     with pytest.raises(Diverged, match=r"became (nan|inf) in epoch 0 \(detected at step 8\)") as info:
         _train(4, lr=1e6, epochs=3, callbacks=[After()], tmp_path=tmp_path)
     assert info.value.epoch == 0 and seen == []
+
+
+def test_resumed_grouped_run_equals_an_uninterrupted_one(tmp_path):
+    # Warm-up and momentum make the scheduler's and optimizer's states matter across the resume.
+    import pytorch_lightning as pl
+
+    from wdcollapse.callbacks import AtomicCheckpoint
+
+    straight, _, _, _ = _train(3, epochs=4, tmp_path=tmp_path / "a")
+    first, _, dm, _ = _train(3, epochs=2, callbacks=[AtomicCheckpoint(tmp_path / "ckpt")], tmp_path=tmp_path / "b")
+    trainer2 = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                          enable_checkpointing=False, accelerator="cpu", default_root_dir=tmp_path / "d")
+    trainer2.fit(first, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer2.global_step == 32
+    for (name, a), b in zip(straight.model.state_dict().items(), first.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_bf16_autocast_trains_with_step_groups(tmp_path):
+    import pytorch_lightning as pl
+
+    from wdcollapse.data.tensors import TensorDataModule
+    from wdcollapse.models import MLP
+    from wdcollapse.module import CollapseModule
+
+    torch.manual_seed(0)
+    dm = TensorDataModule("mnist", "/nonexistent", batch_size=8, steps_per_call=4)
+    y = torch.arange(40) % 10
+    dm.train_x, dm.train_y = torch.randn(40, 1, 4, 4), y
+    dm.test_x, dm.test_y = dm.train_x[:10].clone(), y[:10].clone()
+    module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12), optim={"name": "sgd", "lr": 0.05})
+    before = module.model.layers[0].weight.detach().clone()
+    trainer = pl.Trainer(max_epochs=1, precision="bf16-mixed", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, accelerator="cpu",
+                         default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 5 and torch.isfinite(module.epoch_loss_sum)
+    assert module.model.layers[0].weight.dtype == torch.float32  # autocast: fp32 master weights
+    assert not torch.equal(before, module.model.layers[0].weight)

@@ -1,6 +1,7 @@
 """Theorem 3.1's quantities against a NumPy float64 reference, the streaming observer against
 the full-matrix function, the bound on trained networks, Assumption 4.1's check, the rate fit,
 and `experiment=theory_gd` through the real entry point."""
+import copy
 import json
 import math
 from pathlib import Path
@@ -82,17 +83,20 @@ def test_observer_fed_in_chunks_equals_full_matrix_function(chunk):
     torch.manual_seed(0)
     net = MLP((1, 4, 4), 4, nonlinear_depth=2, linear_depth=3, width=[20, 12, 9, 8]).eval()
     x, y = torch.randn(60, 1, 4, 4), torch.arange(60) % 4
+    # A float64 copy: the observer derives Z_{L-1}'s Gram matrix from Z_{L-2}'s through
+    # W_{L-1}, which equals the Gram of a float32 forward's Z_{L-1} only to float32 rounding.
+    net64 = copy.deepcopy(net).double()
     with torch.no_grad():
-        trace = net.forward_layers(x)
-    ref = theorem31(trace.outputs[-3], trace.outputs[-2], trace.output, y, net.weights[2:], 4)
+        trace = net64.forward_layers(x.double())
+    ref = theorem31(trace.outputs[-3], trace.outputs[-2], trace.output, y, net64.weights[2:], 4)
     # the same features, fed in chunks
-    observer = TheoryObserver(net, 4)
+    observer = TheoryObserver(net64, 4)
     for i in range(0, 60, chunk):
         part = SimpleNamespace(output=trace.output[i:i + chunk], preacts=[],
                                outputs=[z[i:i + chunk] for z in trace.outputs])
         observer.update(part, y[i:i + chunk])
     got = observer.result()
-    # through the metric pass (its chunked float32 forward differs from the full one by rounding)
+    # through the metric pass of the float32 network (equal up to float32 rounding)
     batches = [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, 60, chunk)]
     row, _ = metric_pass(net, batches, 4, observers=[TheoryObserver(net, 4)])
     for key in THEOREM31_KEYS:

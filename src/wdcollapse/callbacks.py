@@ -115,7 +115,7 @@ class MetricMonitor(Callback):
         was_training = pl_module.training
         pl_module.eval()
         n = data.num_train
-        observers = theory_observers(self.theory, pl_module.model, data.num_classes)
+        observers = theory_observers(self.theory, pl_module.model, data.num_classes, exact=self.exact)
         if distributed(trainer):
             share = {"rank": trainer.global_rank, "world": trainer.world_size}
             reduce = gather_states

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from . import metrics
-from .models import LayerwiseNet
+from .models import LayerTrace, LayerwiseNet
 
 
 class PassState:
@@ -68,6 +68,15 @@ def gather_states(obj) -> list:
     return [torch.load(io.BytesIO(b), map_location=device, weights_only=False) for b in out]
 
 
+def _layers_kept(observers: list, num_layers: int) -> set[int]:
+    """Layers whose pre-activation and output the observers' trace must hold: an observer's
+    `layers` attribute (indices l-1), or all of them when it has none."""
+    keep: set[int] = set()
+    for observer in observers:
+        keep |= set(getattr(observer, "layers", range(num_layers)))
+    return keep
+
+
 @torch.no_grad()
 def metric_pass(
     net: LayerwiseNet,
@@ -84,7 +93,9 @@ def metric_pass(
     on the pre-activation), `balancedness/layer_l` (pair l, l+1), `nc3` (Z_{L-1} against W_L),
     `acc`, and `loss` (the sum of `loss_fn` over the batches) when `loss_fn` is given.
     Each observer sees every batch's trace through `update(trace, labels)` and adds its
-    `result()` dict to the row: extra quantities without a second pass over the data.
+    `result()` dict to the row: extra quantities without a second pass over the data. An
+    observer with a `layers` attribute (0-based layer indices) gets a trace holding only those
+    layers (None elsewhere) and the output.
     `exact=False` computes each batch's statistics in the network's precision and only
     accumulates them in float64 (the accumulators' fast path: ~1.6x faster, ~1e-7 relative).
 
@@ -109,23 +120,32 @@ def metric_pass(
     last_pre = metrics.NCAccumulator(num_classes, exact=exact) if nonlinear else None
     # Loss and accuracy stay on the device until the end: no synchronisation per batch.
     loss_sum, correct, count = 0.0, 0, 0
+    observers = list(observers)
+    keep = _layers_kept(observers, L)
     for x, y in batches:
-        trace = net.forward_layers(x)
-        for l in range(L):
-            outs[l].update(trace.outputs[l], y)
-        for l, acc in negs.items():
-            acc.update(trace.preacts[l])
-        if last_pre is not None:
-            last_pre.update(trace.preacts[nonlinear[-1]], y)
+        # Each layer is consumed as soon as it is computed, while it is in the cache, and only
+        # the layers an observer asks for outlive the next one (~30% faster on a CPU than
+        # holding every layer of the chunk).
+        trace = LayerTrace(output=x, preacts=[None] * L, outputs=[None] * L)
+        for l, (pre, out) in enumerate(net.iter_layers(x)):
+            if l in negs:
+                negs[l].update(pre)
+            if last_pre is not None and l == nonlinear[-1]:
+                last_pre.update(pre, y)
+            outs[l].update(out, y)
+            if l in keep:
+                trace.preacts[l], trace.outputs[l] = pre, out
+            del pre
+        trace.output = out
         for observer in observers:
             observer.update(trace, y)
         if loss_fn is not None:
-            loss_sum = loss_sum + torch.as_tensor(loss_fn(trace.output, y)).double()
-        correct = correct + (trace.output.argmax(1) == y).sum()
+            loss_sum = loss_sum + torch.as_tensor(loss_fn(out, y)).double()
+        correct = correct + (out.argmax(1) == y).sum()
         count += len(y)
-        del trace  # before the next forward: only one chunk's features alive at a time
+        del trace, out  # before the next forward: only one chunk's features alive at a time
 
-    state = PassState(outs, negs, last_pre, list(observers), float(loss_sum), int(correct), count)
+    state = PassState(outs, negs, last_pre, observers, float(loss_sum), int(correct), count)
     if reduce is not None:
         state = merge_states(reduce(state))
     outs, negs, last_pre, observers = state.outs, state.negs, state.last_pre, state.observers

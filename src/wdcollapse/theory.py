@@ -158,11 +158,13 @@ def theorem31(z_lm2: torch.Tensor, z_lm1: torch.Tensor, z_l: torch.Tensor, label
 
 class TheoryObserver:
     """An observer for `probe.metric_pass`: accumulates Theorem 3.1's quantities over the
-    chunks of one pass in float64 (Gram matrices of Z_{L-2} and Z_{L-1}, the squared error,
-    the distance to W_L^+ Y, class statistics), never holding all features. `result()`
-    equals `theorem31` on the stacked features."""
+    chunks of one pass in float64 (the Gram matrix of Z_{L-2}, the squared error, the distance
+    to W_L^+ Y, class statistics), never holding all features. `result()` equals `theorem31`
+    on the stacked features. Z_{L-1} = Z_{L-2} W_{L-1}^T (a linear layer), so its Gram matrix
+    is W_{L-1} G_{L-2} W_{L-1}^T: no second N x d Gram product. `exact=False`: the
+    accumulators' fast path (per-chunk statistics in the features' precision)."""
 
-    def __init__(self, net, num_classes: int):
+    def __init__(self, net, num_classes: int, exact: bool = True):
         if not self.supports(net):
             raise ValueError(
                 f"Theorem 3.1 needs a linear head of >= 2 layers and L >= 3 layers (Z_{{L-2}} must be a "
@@ -171,9 +173,9 @@ class TheoryObserver:
         self.L = net.num_layers
         self.heads = _check_head(net.weights[net.nonlinear_depth:], num_classes)
         self.pinv_rows = _pinv(self.heads[-1]).T.contiguous()  # [K, n_{L-1}]
-        self.gram_lm2 = metrics.GramAccumulator(net.weights[-2].shape[1])
-        self.gram_lm1 = metrics.GramAccumulator(net.weights[-1].shape[1])
-        self.nc = metrics.NCAccumulator(num_classes)
+        self.gram_lm2 = metrics.GramAccumulator(net.weights[-2].shape[1], exact=exact)
+        self.nc = metrics.NCAccumulator(num_classes, exact=exact)
+        self.layers = (self.L - 3, self.L - 2)  # the metric pass keeps Z_{L-2} and Z_{L-1} for us
         self.sq_err = 0.0
         self.dist_sq = 0.0
 
@@ -184,7 +186,6 @@ class TheoryObserver:
     def update(self, trace, labels: torch.Tensor) -> None:
         z2, y = metrics._check_inputs(trace.outputs[self.L - 2], labels, self.num_classes)
         self.gram_lm2.update(trace.outputs[self.L - 3])
-        self.gram_lm1.update(z2)
         self.nc.update(z2, y)
         out = trace.output.detach().double()
         onehot = torch.nn.functional.one_hot(y, self.num_classes).to(out.dtype)
@@ -198,25 +199,29 @@ class TheoryObserver:
         if other.L != self.L or other.num_classes != self.num_classes:
             raise ValueError("cannot merge theory observers of different networks")
         self.gram_lm2.merge(other.gram_lm2)
-        self.gram_lm1.merge(other.gram_lm1)
         self.nc.merge(other.nc)
         self.sq_err += other.sq_err
         self.dist_sq += other.dist_sq
         return self
+
+    def _op_lm1(self) -> float:
+        """||Z_{L-1}||_op from G_{L-2}: sqrt(lambda_max(W_{L-1} G_{L-2} W_{L-1}^T))."""
+        w = self.heads[-2].to(self.gram_lm2.gram.device)
+        return metrics._gram_op_norm(w @ self.gram_lm2.gram @ w.T)
 
     def result(self) -> dict:
         counts, means, m2 = self.nc._stats()
         n = counts.double()
         mu_g = (n.unsqueeze(1) * means).sum(0) / n.sum()
         return _assemble(
-            sq_err=self.sq_err, op_lm2=self.gram_lm2.op_norm(), op_lm1=self.gram_lm1.op_norm(),
+            sq_err=self.sq_err, op_lm2=self.gram_lm2.op_norm(), op_lm1=self._op_lm1(),
             counts=counts.cpu(), dist_sq=self.dist_sq,
             tr_b=float((means - mu_g).pow(2).sum() / self.num_classes),
             nc1=self.nc.nc1(), heads=self.heads,
         )
 
 
-def theory_observers(setting, net, num_classes: int) -> list:
+def theory_observers(setting, net, num_classes: int, exact: bool = True) -> list:
     """The observers MetricMonitor's `theory` option asks for: `auto` = a TheoryObserver when
     the model has a linear head of >= 2 layers (and L >= 3), true = always (an error if the
     model has no such head), false = none."""
@@ -224,7 +229,7 @@ def theory_observers(setting, net, num_classes: int) -> list:
         raise ValueError(f"callbacks.metrics.theory={setting!r}; choose auto, true or false")
     if setting is False or (setting == "auto" and not TheoryObserver.supports(net)):
         return []
-    return [TheoryObserver(net, num_classes)]
+    return [TheoryObserver(net, num_classes, exact=exact)]
 
 
 def bound_holds(rows: Sequence[dict], rtol: float = 1e-9) -> dict:

@@ -9,6 +9,7 @@ Z_0 is the trunk's output and Z_L the network output.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -96,15 +97,18 @@ class LayerwiseNet(nn.Module):
                 z = self.activation(z)
         return z
 
-    def forward_layers(self, x: torch.Tensor) -> LayerTrace:
+    def iter_layers(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(W_l Z_{l-1}, Z_l) for l = 1..L, one layer at a time: a consumer can use each layer
+        while it is still in the cache and let it go (the metric pass does)."""
         z = self.trunk(x)
-        preacts, outputs = [], []
         for l, layer in enumerate(self.layers):
             pre = layer(z)
             z = self.activation(pre) if l < self.nonlinear_depth else pre
-            preacts.append(pre)
-            outputs.append(z)
-        return LayerTrace(output=z, preacts=preacts, outputs=outputs)
+            yield pre, z
+
+    def forward_layers(self, x: torch.Tensor) -> LayerTrace:
+        preacts, outputs = zip(*self.iter_layers(x))
+        return LayerTrace(output=outputs[-1], preacts=list(preacts), outputs=list(outputs))
 
 
 INITS = ("default", "he", "lecun")
