@@ -7,7 +7,7 @@ PRESET ?= cpu
 STAMP := $(VENV)/.installed
 DATA_DIR ?= data
 
-.PHONY: install data fashion-mnist cifar10 test reproduce bench fault-drill clean
+.PHONY: install data fashion-mnist cifar10 test reproduce bench bench-gpu fault-drill clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ reproduce: install
 
 bench: install
 	$(PY) scripts/bench.py
+
+bench-gpu: install
+	$(PY) scripts/gpu_bench.py
 
 fault-drill: install
 	$(PY) scripts/fault_drill.py --kills 5

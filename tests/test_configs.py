@@ -56,3 +56,24 @@ def test_slurm_launcher_composes_with_documented_job_parameters():
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (1, 1, 1)
     assert launcher.cpus_per_task == 8 and launcher.mem_gb == 32 and launcher.timeout_min == 1440
     assert launcher.name == "wdcollapse-mlp_mnist"
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["+trainer.gradient_clip_val=1.0"], ["trainer.gradient_clip_val", "manual"]),
+    (["+trainer.accumulate_grad_batches=2"], ["trainer.accumulate_grad_batches", "manual"]),
+    (["+trainer.max_steps=100"], ["steps_per_call=16", "trainer.max_steps"]),
+    (["+trainer.limit_train_batches=0.5"], ["steps_per_call=16", "trainer.limit_train_batches"]),
+    (["steps_per_call=0"], ["steps_per_call=0", ">= 1"]),
+])
+def test_settings_that_manual_step_groups_cannot_honour_are_refused(overrides, words):
+    from wdcollapse.errors import ConfigError
+
+    cfg = compose_cfg(*overrides)
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    assert all(w in str(info.value) for w in words), str(info.value)
+    cfg.steps_per_call = 1
+    if "steps_per_call=16" in words:
+        check_config(cfg)  # fine with one step per call

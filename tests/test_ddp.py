@@ -125,7 +125,7 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     from conftest import REPO
 
-    args = [*TINY, "logger=none", "trainer.max_epochs=8", "data.num_per_class=30", "trainer.strategy=ddp",
+    args = [*TINY, "logger=none", "trainer.max_epochs=12", "data.num_per_class=30", "trainer.strategy=ddp",
             "trainer.devices=2", "trainer.accelerator=cpu"]
     env = lambda: {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}  # noqa: E731
     run_train(tmp_path / "ref", *args, env=env(), timeout=300)
@@ -137,15 +137,19 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_result(tmp_path):
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
-        if (out / "checkpoints" / "last.ckpt").exists() and len(rows) >= 4:
+        if (out / "checkpoints" / "last.ckpt").exists() and len(rows) >= 3:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert json.loads((out / "summary.json").read_text())["status"] == "running"
-    run_train(out, *args, env=env(), timeout=300)
+    kept = (out / "metrics.jsonl").read_text().splitlines()
+    again = run_train(out, *args, env=env(), timeout=300)
+    assert "resuming" in again.stdout + again.stderr  # from the checkpoint, not from scratch
     ref, resumed = read_metrics(tmp_path / "ref"), read_metrics(out)
-    assert [r["epoch"] for r in resumed] == list(range(9))
+    assert [r["epoch"] for r in resumed] == list(range(13))
+    # the rows before the checkpoint are kept as they were
+    assert (out / "metrics.jsonl").read_text().splitlines()[:2] == kept[:2]
     for key, value in ref[-1].items():
         assert resumed[-1][key] == (value if value is None or isinstance(value, bool)
                                     else pytest.approx(value, rel=1e-6, abs=1e-9)), key

@@ -117,24 +117,51 @@ def test_resumed_grouped_run_equals_an_uninterrupted_one(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_bf16_autocast_trains_with_step_groups(tmp_path):
+def test_bf16_autocast_trains_with_step_groups_exactly_like_single_steps(tmp_path):
     import pytorch_lightning as pl
 
     from wdcollapse.data.tensors import TensorDataModule
     from wdcollapse.models import MLP
     from wdcollapse.module import CollapseModule
 
-    torch.manual_seed(0)
-    dm = TensorDataModule("mnist", "/nonexistent", batch_size=8, steps_per_call=4)
-    y = torch.arange(40) % 10
-    dm.train_x, dm.train_y = torch.randn(40, 1, 4, 4), y
-    dm.test_x, dm.test_y = dm.train_x[:10].clone(), y[:10].clone()
-    module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12), optim={"name": "sgd", "lr": 0.05})
-    before = module.model.layers[0].weight.detach().clone()
-    trainer = pl.Trainer(max_epochs=1, precision="bf16-mixed", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, accelerator="cpu",
-                         default_root_dir=tmp_path)
-    trainer.fit(module, datamodule=dm)
-    assert trainer.global_step == 5 and torch.isfinite(module.epoch_loss_sum)
-    assert module.model.layers[0].weight.dtype == torch.float32  # autocast: fp32 master weights
-    assert not torch.equal(before, module.model.layers[0].weight)
+    def fit(steps_per_call):
+        torch.manual_seed(0)
+        dm = TensorDataModule("mnist", "/nonexistent", batch_size=8, steps_per_call=steps_per_call)
+        y = torch.arange(40) % 10
+        dm.train_x, dm.train_y = torch.randn(40, 1, 4, 4), y
+        dm.test_x, dm.test_y = dm.train_x[:10].clone(), y[:10].clone()
+        module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12), optim={"name": "sgd", "lr": 0.05})
+        before = module.model.layers[0].weight.detach().clone()
+        trainer = pl.Trainer(max_epochs=2, precision="bf16-mixed", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, enable_checkpointing=False, accelerator="cpu",
+                             default_root_dir=tmp_path)
+        trainer.fit(module, datamodule=dm)
+        assert trainer.global_step == 10 and torch.isfinite(module.epoch_loss_sum)
+        assert module.model.layers[0].weight.dtype == torch.float32  # autocast: fp32 master weights
+        assert not torch.equal(before, module.model.layers[0].weight)
+        return module.model.state_dict()
+
+    for (name, a), b in zip(fit(4).items(), fit(1).values()):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoint_of_the_automatic_optimization_era_resumes_with_its_step_count(tmp_path):
+    import pytorch_lightning as pl
+
+    from wdcollapse.callbacks import AtomicCheckpoint
+
+    first, _, dm, _ = _train(3, epochs=2, callbacks=[AtomicCheckpoint(tmp_path / "ckpt")], tmp_path=tmp_path / "b")
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    loop = ckpt["loops"]["fit_loop"]
+    manual = loop["epoch_loop.manual_optimization.optim_step_progress"]
+    assert manual["total"]["completed"] == 16
+    # As session 1 wrote it: the steps counted by the automatic loop, the manual one empty.
+    auto = loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]
+    auto["total"], auto["current"] = dict(manual["total"]), dict(manual["current"])
+    for part in ("total", "current"):
+        manual[part] = {k: 0 for k in manual[part]}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    trainer = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, accelerator="cpu", default_root_dir=tmp_path / "d")
+    trainer.fit(first, datamodule=dm, ckpt_path=str(tmp_path / "old.ckpt"))
+    assert trainer.global_step == 32

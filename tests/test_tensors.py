@@ -36,6 +36,5 @@ def test_step_groups_partition_the_batches_in_order():
     assert len(groups) == 3 and [len(g) for g in groups] == [3, 3, 1]
     flat = [b for g in groups for b in g]
     assert all(torch.equal(a[1], b[1]) for a, b in zip(flat, batches)) and len(flat) == len(batches)
-    assert groups.state_dict() == {}  # stateful for Lightning: batches depend on (seed, epoch) only
     with pytest.raises(ValueError, match="steps_per_call must be a positive integer"):
         StepGroups(batches, 0)

@@ -106,6 +106,8 @@ def test_observer_fed_in_chunks_equals_full_matrix_function(chunk):
             assert got[key] == pytest.approx(ref[key], rel=1e-10), key
             assert row[key] == pytest.approx(ref[key], rel=1e-5), key
     assert row["theory/nc1"] == pytest.approx(row["nc1/layer_4"], rel=1e-9)
+    # ||Z_{L-1}||_op derived from Z_{L-2}'s Gram matrix through W_{L-1}
+    assert observer._op_lm1() == pytest.approx(float(torch.linalg.matrix_norm(trace.outputs[-2], 2)), rel=1e-12)
 
 
 def test_monitor_theory_option_turns_the_observer_on_for_linear_heads_of_two_or_more():

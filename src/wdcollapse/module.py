@@ -90,8 +90,8 @@ class CollapseModule(pl.LightningModule):
         return classification_loss(output, labels, self.loss_name, self.mse_reduction, num_total)
 
     def setup(self, stage: str) -> None:
-        # Here, not in on_fit_start: configure_optimizers (estimated_stepping_batches) already
-        # builds the train loader, which must hold the tensors of the training device, or
+        # Here, not in on_fit_start: Lightning builds the train loader before on_fit_start
+        # (for estimated_stepping_batches), which must hold the tensors of the training device, or
         # every batch would be gathered on the CPU and copied.
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "to"):
@@ -109,7 +109,7 @@ class CollapseModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         """One optimizer step per (x, y) of the group `batch`; returns the last step's loss.
         (A bare (x, y) pair is a group of one.)"""
-        if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], torch.Tensor):
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], torch.Tensor):
             batch = [batch]
         opt, schedule = self.optimizers(), self.lr_schedulers()
         if self.epoch_loss_sum is None:
@@ -124,11 +124,17 @@ class CollapseModule(pl.LightningModule):
         # Lightning's own logging is off the hot path: the metric callback logs per epoch.
         return loss
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        migrate_step_counter(checkpoint)
+
     def configure_optimizers(self):
         max_epochs = self.trainer.max_epochs
-        # Lightning counts training_step calls, i.e. groups; the schedule needs optimizer steps.
-        steps = getattr(self.trainer.datamodule, "steps_per_epoch", None)
-        steps = steps or max(1, self.trainer.estimated_stepping_batches // max_epochs)
+        # Lightning counts training_step calls (groups, after limit_train_batches, which needs
+        # groups of one); the schedule needs optimizer steps.
+        calls = max(1, self.trainer.estimated_stepping_batches // max_epochs)
+        datamodule = self.trainer.datamodule
+        steps = getattr(datamodule, "steps_per_epoch", None)
+        steps = min(steps, calls * datamodule.steps_per_call) if steps else calls
         opt, schedule = build_optimizer(self.model.parameters(), self.optim, steps, max_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -154,3 +160,17 @@ def build_optimizer(params, optim: dict, steps_per_epoch: int, max_epochs: int):
                                o.get("lr_drop_at"), float(o.get("lr_drop_factor", 0.1))),
     )
     return opt, schedule
+
+
+def migrate_step_counter(checkpoint: dict) -> None:
+    """Checkpoints written before optimization became manual (session 1) count optimizer steps
+    in the automatic loop's progress; under manual optimization `trainer.global_step` reads the
+    manual loop's, which would restart at 0 (metrics rows' `step` going backwards, theory_gd
+    dropping its steps.jsonl). Copies the count over, in place, when the manual one is empty."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
+    automatic = loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).get("step")
+    if manual is None or automatic is None or manual["total"]["completed"] or not automatic["total"]["completed"]:
+        return
+    manual["total"] = dict(automatic["total"])
+    manual["current"] = dict(automatic["current"])

@@ -72,9 +72,8 @@ class PermutationBatches:
 
 class StepGroups:
     """The batches of `batches`, `size` consecutive ones at a time (the last group may be
-    shorter): what `CollapseModule.training_step` takes per call. Stateful in Lightning's sense
-    (state_dict/load_state_dict): the batches depend only on (seed, epoch), so a run resumed at
-    an epoch boundary continues exactly."""
+    shorter): what `CollapseModule.training_step` takes per call. Not stateful: a run resumes at
+    an epoch boundary (our checkpoints), and Lightning warns about a mid-epoch checkpoint."""
 
     def __init__(self, batches: PermutationBatches, size: int):
         if int(size) != size or size < 1:
@@ -93,12 +92,6 @@ class StepGroups:
                 group = []
         if group:
             yield group
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 class TensorDataModule(pl.LightningDataModule):

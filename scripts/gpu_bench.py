@@ -1,0 +1,167 @@
+"""GPU measurements of issues 4 and 7: training-epoch and metric-pass times of the MNIST MLP and
+of ResNet20 on the 60k MNIST training set (batch 128 and 512), in float32, bf16 autocast,
+channels_last and torch.compile, through the package's own LightningModule and data module.
+
+    python scripts/gpu_bench.py [--out outputs/bench/gpu.json] [--data-dir data] [--quick]
+
+Builds everything directly (no Hydra, no W&B: the lent GPU machine's image has neither, only
+torch, torchvision and pytorch-lightning). Times are wall-clock with the device synchronised;
+epoch 0 is a warm-up (torch.compile compiles there), then the median of `--rounds` epochs.
+`--quick` runs a few hundred images and small widths on whatever device there is: the test
+suite runs it on the CPU so that the script keeps working between GPU sessions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a bare checkout too
+
+from wdcollapse.callbacks import DivergenceGuard  # noqa: E402
+from wdcollapse.data.tensors import TensorDataModule  # noqa: E402
+from wdcollapse.models import MLP, ResNet20  # noqa: E402
+from wdcollapse.module import CollapseModule, build_optimizer, classification_loss  # noqa: E402
+from wdcollapse.probe import metric_pass  # noqa: E402
+
+# name: (model, batch, precision, channels_last, compile, steps_per_call)
+SETTINGS = {
+    "mlp_b128_fp32": ("mlp", 128, "32-true", False, False, 16),
+    "mlp_b128_fp32_1step": ("mlp", 128, "32-true", False, False, 1),
+    "mlp_b128_bf16": ("mlp", 128, "bf16-mixed", False, False, 16),
+    "mlp_b128_fp32_compile": ("mlp", 128, "32-true", False, True, 16),
+    "resnet20_b128_fp32": ("resnet20", 128, "32-true", False, False, 16),
+    "resnet20_b128_bf16_cl": ("resnet20", 128, "bf16-mixed", True, False, 16),
+    "resnet20_b512_fp32": ("resnet20", 512, "32-true", False, False, 16),
+    "resnet20_b512_bf16_cl": ("resnet20", 512, "bf16-mixed", True, False, 16),
+    "resnet20_b512_bf16_cl_compile": ("resnet20", 512, "bf16-mixed", True, True, 16),
+}
+OPTIM = {"name": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 1e-3, "warmup_epochs": 1}  # resnet20_mnist's lr
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_model(kind: str, quick: bool):
+    width = 16 if quick else 256
+    if kind == "mlp":  # the default config: 6 ReLU + 3 linear layers
+        return MLP((1, 28, 28), 10, 6, 3, width=width)
+    return ResNet20([1, 28, 28], 10, 3, 3, width=width)  # conf/model/resnet20.yaml
+
+
+class EpochTimer(pl.Callback):
+    """Wall time of each training epoch and, right after it, of one fast metric pass."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.epochs, self.passes = device, [], []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        sync(self.device)
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        sync(self.device)
+        self.epochs.append(time.perf_counter() - self.start)
+        data, net = trainer.datamodule, pl_module.model
+        net.eval()
+        start = time.perf_counter()
+        metric_pass(net, data.eval_batches("train"), data.num_classes, exact=False)
+        sync(self.device)
+        self.passes.append(time.perf_counter() - start)
+        net.train()
+
+
+def plain_epoch_seconds(net, data, device: torch.device, rounds: int) -> float:
+    """The same steps in a hand-written loop (float32, no Lightning): median epoch time."""
+    net.to(device).train()
+    batches = data.train_batches()
+    opt, schedule = build_optimizer(net.parameters(), OPTIM, len(batches), rounds + 1)
+    times = []
+    for _ in range(rounds + 1):
+        sync(device)
+        start = time.perf_counter()
+        for x, y in batches:
+            opt.zero_grad(set_to_none=True)
+            classification_loss(net(x), y, "mse", "half_mean").backward()
+            opt.step()
+            schedule.step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def measure(name: str, args, device: torch.device) -> dict:
+    kind, batch, precision, channels_last, compile_, steps = SETTINGS[name]
+    torch.manual_seed(0)
+    data = TensorDataModule("mnist", args.data_dir, batch_size=batch, steps_per_call=steps,
+                            num_per_class=30 if args.quick else None)
+    data.setup()
+    module = CollapseModule(build_model(kind, args.quick), optim=OPTIM, channels_last=channels_last,
+                            compile=compile_)
+    timer = EpochTimer(device)
+    trainer = pl.Trainer(max_epochs=args.rounds + 1, accelerator=device.type, devices=1, precision=precision,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[DivergenceGuard(), timer],
+                         default_root_dir=tempfile.mkdtemp(prefix="gpu-bench-"))
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    epoch, metric = statistics.median(timer.epochs[1:]), statistics.median(timer.passes[1:])
+    out = {"model": kind, "batch": batch, "precision": precision, "channels_last": channels_last,
+           "compile": compile_, "steps_per_call": steps, "num_train": data.num_train,
+           "steps_per_epoch": data.steps_per_epoch, "epoch_s": epoch, "metric_pass_s": metric,
+           "metrics_over_epoch": metric / epoch, "ms_per_step": 1e3 * epoch / data.steps_per_epoch,
+           "warmup_epoch_s": timer.epochs[0], "total_s": time.perf_counter() - start}
+    if name == "mlp_b128_fp32":
+        initial = build_model(kind, args.quick)
+        out["plain_epoch_s"] = plain_epoch_seconds(initial, data, device, args.rounds)
+        out["lightning_over_plain"] = epoch / out["plain_epoch_s"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="outputs/bench/gpu.json")
+    parser.add_argument("--data-dir", default="data", help="holds MNIST/raw (make data)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed epochs after the warm-up")
+    parser.add_argument("--only", nargs="*", choices=sorted(SETTINGS), help="a subset of the settings")
+    parser.add_argument("--quick", action="store_true", help="tiny data and widths, no compile (a smoke test)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 here
+    names = args.only or [n for n in SETTINGS if not (args.quick and SETTINGS[n][4])]
+    result = {"machine": {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+                          "torch": torch.__version__, "lightning": pl.__version__,
+                          "date": time.strftime("%Y-%m-%d %H:%M")},
+              "command": " ".join(sys.argv), "settings": {}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        try:
+            res = measure(name, args, device)
+        except Exception as e:  # one failing option (e.g. compile) must not cost the others
+            res = {"error": f"{type(e).__name__}: {e}"}
+        result["settings"][name] = res
+        line = res.get("error") or (f"epoch {res['epoch_s']:.3f} s ({res['ms_per_step']:.2f} ms/step), "
+                                    f"metric pass {res['metric_pass_s']:.3f} s = {res['metrics_over_epoch']:.3f} epoch"
+                                    + (f", lightning/plain {res['lightning_over_plain']:.3f}"
+                                       if "lightning_over_plain" in res else ""))
+        print(f"{name:32s} {line}", flush=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(out)  # after every setting: a run cut short keeps what it measured
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
