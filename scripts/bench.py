@@ -37,9 +37,10 @@ from omegaconf import OmegaConf
 from wdcollapse import metrics
 from wdcollapse.callbacks import DivergenceGuard, evaluation_epochs
 from wdcollapse.config import REPO_ROOT, register_resolvers
-from wdcollapse.data.tensors import PermutationBatches
-from wdcollapse.module import CollapseModule, build_optimizer, classification_loss
+from wdcollapse.io import atomic_write_text
+from wdcollapse.module import CollapseModule
 from wdcollapse.probe import metric_pass
+from timing import PlainLoop, Rounds, metric_pass_timed, timed  # scripts/timing.py
 
 TARGETS = {  # name: (comparison, bound)
     "lightning_over_plain": ("<=", 1.05),
@@ -56,12 +57,6 @@ def clock() -> float:
     """CPU time of this process: with one thread, the time the work took regardless of what
     else runs on the machine."""
     return time.process_time()
-
-
-def timed(fn) -> float:
-    start = clock()
-    fn()
-    return clock() - start
 
 
 def median(values) -> float:
@@ -98,61 +93,8 @@ def trainer_kwargs(cfg, max_epochs: int, callbacks: list) -> dict:
     return kwargs
 
 
-class PlainLoop:
-    """The same model, data tensors, batches, loss, optimizer and schedule in a hand-written loop."""
-
-    def __init__(self, model, cfg, data, max_epochs: int):
-        self.model = copy.deepcopy(model)
-        self.batches = PermutationBatches(data.train_x, data.train_y, data.batch_size or data.num_train,
-                                          data.shuffle_seed, lambda: 0)
-        optim = OmegaConf.to_container(cfg.optim, resolve=True)
-        self.opt, self.sched = build_optimizer(self.model.parameters(), optim, len(self.batches), max_epochs)
-        self.loss_name, self.reduction = cfg.loss.name, cfg.loss.mse_reduction
-
-    def epoch(self) -> None:
-        self.model.train()
-        for x, y in self.batches:
-            self.opt.zero_grad(set_to_none=True)
-            classification_loss(self.model(x), y, self.loss_name, self.reduction).backward()
-            self.opt.step()
-            self.sched.step()
-
-
-class Rounds(pl.Callback):
-    """Times each Lightning epoch; after it, times a plain-loop epoch and the other passes, so
-    every ratio pairs measurements taken moments apart. Epoch 0 is a warm-up for all of them."""
-
-    def __init__(self, passes: dict):
-        self.passes = passes  # name: fn(trainer, pl_module)
-        self.times: dict[str, list[float]] = {}
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.start, self.wall = clock(), time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        lightning, wall = clock() - self.start, time.perf_counter() - self.wall
-        measured = {name: timed(lambda: fn(trainer, pl_module)) for name, fn in self.passes.items()}
-        if trainer.current_epoch == 0:
-            return
-        for name, t in {"lightning": lightning, "lightning_wall": wall, **measured}.items():
-            self.times.setdefault(name, []).append(t)
-        print(f"  round {trainer.current_epoch}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in self.times.items()),
-              flush=True)
-
-    def ratio(self, num: str, den: str) -> float:
-        return median(a / b for a, b in zip(self.times[num], self.times[den]))
-
-
 def metric_passes(monitor) -> dict:
-    def run(exact):
-        def fn(trainer, pl_module):
-            data, net = trainer.datamodule, pl_module.model
-            net.eval()
-            metric_pass(net, data.eval_batches("train"), data.num_classes, exact=exact)
-            net.train()
-        return fn
-
-    return {"metrics_exact": run(True), "metrics_fast": run(False),
+    return {"metrics_exact": metric_pass_timed(True), "metrics_fast": metric_pass_timed(False),
             "evaluate": lambda trainer, pl_module: monitor.evaluate(trainer, pl_module, trainer.current_epoch + 1)}
 
 
@@ -163,7 +105,7 @@ def bench_training(cfg, rounds: int, peak: float, with_metrics: bool = True) -> 
     data.setup()
     module = CollapseModule(instantiate(cfg.model), cfg.loss.name, cfg.loss.mse_reduction,
                             optim=OmegaConf.to_container(cfg.optim, resolve=True))
-    plain = PlainLoop(module.model, cfg, data, max_epochs=rounds + 1)
+    plain = PlainLoop(copy.deepcopy(module), data, max_epochs=rounds + 1)
     passes = {"plain": lambda trainer, pl_module: plain.epoch()}
     if with_metrics:
         monitor = instantiate(cfg.callbacks.metrics, out_dir=tempfile.mkdtemp(prefix="bench-metrics-"))
@@ -172,8 +114,8 @@ def bench_training(cfg, rounds: int, peak: float, with_metrics: bool = True) -> 
     pl.Trainer(**trainer_kwargs(cfg, rounds + 1, [rounds_cb])).fit(module, datamodule=data)
     t = rounds_cb.times
     widths = [int(np.prod(cfg.data.in_shape))] + [int(w.shape[0]) for w in module.model.weights]
-    flops = mlp_train_flops_per_sample(widths) * data.num_train / median(t["lightning"])
-    steps = -(-data.num_train // (data.batch_size or data.num_train))
+    flops = mlp_train_flops_per_sample(widths) * data.num_train / rounds_cb.median("lightning")
+    steps = data.steps_per_epoch
     out = {
         "times_s": {k: [round(x, 3) for x in v] for k, v in t.items()},
         "num_train": data.num_train, "batch_size": data.batch_size, "widths": widths,
@@ -397,8 +339,7 @@ def main() -> None:
 
     result["wall_s"] = round(time.perf_counter() - start, 1)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=2, default=str) + "\n")
     print()
     print(table(result))
     print(f"\nwrote {out} ({result['wall_s']} s)")

@@ -10,7 +10,6 @@ a kill cost more than the run it hit (a lost, duplicated or different epoch).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -19,6 +18,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from wdcollapse.io import read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = ["data.num_per_class=100", "model.width=128", "data.batch_size=50", "logger=none",
@@ -30,10 +31,7 @@ def command(out: Path, epochs: int) -> list[str]:
 
 
 def read_rows(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    return read_jsonl(out / "metrics.jsonl")
 
 
 def max_relative_difference(a: dict, b: dict) -> float:
@@ -103,7 +101,7 @@ def main() -> int:
     epochs = [r["epoch"] for r in final]
     lost = len(set(range(args.epochs + 1)) - set(epochs)) + (len(epochs) - len(set(epochs)))
     difference = max_relative_difference(reference[-1], final[-1])
-    status = json.loads((killed_dir / "summary.json").read_text())["status"]
+    status = read_json(killed_dir / "summary.json")["status"]
     print(f"kills survived: {survived}/{kills}, epochs lost: {lost}, max metric difference: {difference:.3g}"
           f" (status {status}, {len(final)} rows)")
     return 0 if survived == kills and lost == 0 and difference <= 1e-6 and status == "finished" else 1

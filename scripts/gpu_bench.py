@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from
 from wdcollapse.callbacks import DivergenceGuard  # noqa: E402
 from wdcollapse.data.tensors import TensorDataModule  # noqa: E402
 from wdcollapse.models import MLP, ResNet20  # noqa: E402
-from wdcollapse.module import CollapseModule, build_optimizer, classification_loss  # noqa: E402
-from wdcollapse.probe import metric_pass  # noqa: E402
+from wdcollapse.io import atomic_write_text  # noqa: E402
+from wdcollapse.module import CollapseModule  # noqa: E402
+from timing import PlainLoop, Rounds, metric_pass_timed, timed  # noqa: E402  (scripts/timing.py)
 
 # name: (model, batch, precision, channels_last, compile, steps_per_call)
 SETTINGS = {
@@ -59,45 +60,12 @@ def build_model(kind: str, quick: bool):
     return ResNet20([1, 28, 28], 10, 3, 3, width=width)  # conf/model/resnet20.yaml
 
 
-class EpochTimer(pl.Callback):
-    """Wall time of each training epoch and, right after it, of one fast metric pass."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.epochs, self.passes = device, [], []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        sync(self.device)
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        sync(self.device)
-        self.epochs.append(time.perf_counter() - self.start)
-        data, net = trainer.datamodule, pl_module.model
-        net.eval()
-        start = time.perf_counter()
-        metric_pass(net, data.eval_batches("train"), data.num_classes, exact=False)
-        sync(self.device)
-        self.passes.append(time.perf_counter() - start)
-        net.train()
-
-
-def plain_epoch_seconds(net, data, device: torch.device, rounds: int) -> float:
-    """The same steps in a hand-written loop (float32, no Lightning): median epoch time."""
-    net.to(device).train()
-    batches = data.train_batches()
-    opt, schedule = build_optimizer(net.parameters(), OPTIM, len(batches), rounds + 1)
-    times = []
-    for _ in range(rounds + 1):
+def synced_clock(device: torch.device):
+    """Wall time once the device has finished its queued work."""
+    def clock() -> float:
         sync(device)
-        start = time.perf_counter()
-        for x, y in batches:
-            opt.zero_grad(set_to_none=True)
-            classification_loss(net(x), y, "mse", "half_mean").backward()
-            opt.step()
-            schedule.step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+        return time.perf_counter()
+    return clock
 
 
 def measure(name: str, args, device: torch.device) -> dict:
@@ -108,22 +76,23 @@ def measure(name: str, args, device: torch.device) -> dict:
     data.setup()
     module = CollapseModule(build_model(kind, args.quick), optim=OPTIM, channels_last=channels_last,
                             compile=compile_)
-    timer = EpochTimer(device)
+    timer = Rounds({"metric_pass": metric_pass_timed(exact=False)}, clock=synced_clock(device), verbose=False)
     trainer = pl.Trainer(max_epochs=args.rounds + 1, accelerator=device.type, devices=1, precision=precision,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, callbacks=[DivergenceGuard(), timer],
                          default_root_dir=tempfile.mkdtemp(prefix="gpu-bench-"))
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
-    epoch, metric = statistics.median(timer.epochs[1:]), statistics.median(timer.passes[1:])
+    epoch, metric = timer.median("lightning"), timer.median("metric_pass")
     out = {"model": kind, "batch": batch, "precision": precision, "channels_last": channels_last,
            "compile": compile_, "steps_per_call": steps, "num_train": data.num_train,
            "steps_per_epoch": data.steps_per_epoch, "epoch_s": epoch, "metric_pass_s": metric,
            "metrics_over_epoch": metric / epoch, "ms_per_step": 1e3 * epoch / data.steps_per_epoch,
-           "warmup_epoch_s": timer.epochs[0], "total_s": time.perf_counter() - start}
-    if name == "mlp_b128_fp32":
-        initial = build_model(kind, args.quick)
-        out["plain_epoch_s"] = plain_epoch_seconds(initial, data, device, args.rounds)
+           "warmup_epoch_s": timer.warmup["lightning"], "total_s": time.perf_counter() - start}
+    if name == "mlp_b128_fp32":  # the same steps without Lightning (float32), after the fit: data on the device
+        plain = PlainLoop(CollapseModule(build_model(kind, args.quick), optim=OPTIM).to(device), data, args.rounds + 1)
+        times = [timed(plain.epoch, synced_clock(device)) for _ in range(args.rounds + 1)]
+        out["plain_epoch_s"] = statistics.median(times[1:])
         out["lightning_over_plain"] = epoch / out["plain_epoch_s"]
     return out
 
@@ -145,7 +114,6 @@ def main() -> None:
                           "date": time.strftime("%Y-%m-%d %H:%M")},
               "command": " ".join(sys.argv), "settings": {}}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
         try:
             res = measure(name, args, device)
@@ -157,9 +125,7 @@ def main() -> None:
                                     + (f", lightning/plain {res['lightning_over_plain']:.3f}"
                                        if "lightning_over_plain" in res else ""))
         print(f"{name:32s} {line}", flush=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(out)  # after every setting: a run cut short keeps what it measured
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")  # after every setting: a cut keeps what ran
     print(f"wrote {out}")
 
 

@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import Callback, Checkpoint
 
 from .io import append_jsonl, atomic_write_json, read_jsonl
 from .probe import accuracy, gather_states, metric_pass
-from .theory import theory_observers
+from .theory import check_theory_setting, theory_observers
 
 SCHEDULES = ("every", "log")
 
@@ -86,8 +86,7 @@ class MetricMonitor(Callback):
                  exact: bool = False):
         self.out_dir = Path(out_dir)
         self.schedule, self.every_n, self.num_points, self.test_acc = schedule, every_n, num_points, test_acc
-        if theory not in ("auto", True, False):
-            raise ValueError(f"callbacks.metrics.theory={theory!r}; choose auto, true or false")
+        check_theory_setting(theory)
         self.theory, self.exact = theory, exact
         self.metric_seconds = 0.0
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plots.depth_sweeps import linear_depth_point, nonlinear_depth_point
-from .plots.training import gram_keys
-from .runs import Run
+from .runs import (Run, by_lr_and_nonlinear_depth, by_weight_decay_and_linear_depth, gram_keys, linear_depth_point,
+                   nonlinear_depth_point)
 
 # Thresholds of the rules, in one place.
 LINEAR_BALANCED = 0.1        # claim 1: final balancedness of every linear-head pair below this
@@ -152,14 +151,10 @@ def claim3_nc2_improves_with_linear_depth(runs: list[Run]) -> dict:
     runs = _ok(runs)
     if not runs:
         return _result(3, statement, rule, None, {"runs": 0})
-    by_wd: dict[float, dict[int, list[float]]] = {}
-    for run in runs:
-        wd = float(run.config["optim"]["weight_decay"])
-        by_wd.setdefault(wd, {}).setdefault(run.linear_depth, []).append(linear_depth_point(run)["nc2_last"])
     evidence, verdicts = {"runs": len(runs), "by_weight_decay": {}}, []
-    for wd, by_depth in sorted(by_wd.items()):
+    for wd, by_depth in sorted(by_weight_decay_and_linear_depth(runs).items()):
         depths = sorted(by_depth)
-        means = [float(np.mean(by_depth[d])) for d in depths]
+        means = [float(np.mean([linear_depth_point(r)["nc2_last"] for r in by_depth[d]])) for d in depths]
         rho = spearman(depths, means)
         ok = rho < 0 and means[-1] < means[0]
         verdicts.append(ok)
@@ -177,13 +172,10 @@ def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
     runs = _ok(runs)
     if not runs:
         return _result(4, statement, rule, None, {"runs": 0})
-    by_lr: dict[float, dict[int, list[dict]]] = {}
-    for run in runs:
-        lr = float(run.config["optim"]["lr"])
-        by_lr.setdefault(lr, {}).setdefault(run.nonlinear_depth, []).append(nonlinear_depth_point(run))
     evidence, verdicts = {"runs": len(runs), "by_lr": {}}, []
-    for lr, by_depth in sorted(by_lr.items()):
+    for lr, by_depth in sorted(by_lr_and_nonlinear_depth(runs).items()):
         depths = sorted(by_depth)
+        by_depth = {d: [nonlinear_depth_point(r) for r in by_depth[d]] for d in depths}
         entry = {"nonlinear_depths": depths}
         ok = True
         for key in ("balancedness_mean", "negativity_mean", "balancedness_min", "negativity_min"):

@@ -75,16 +75,17 @@ def check_config(cfg: DictConfig) -> None:
              cfg.callbacks.metrics.schedule, f"one of {list(SCHEDULES)}")
     _require(isinstance(cfg.steps_per_call, int) and cfg.steps_per_call >= 1, "steps_per_call",
              cfg.steps_per_call, "an integer >= 1 (optimizer steps per Lightning training_step call)")
-    for key in ("gradient_clip_val", "accumulate_grad_batches"):
-        value = trainer.get(key)
-        _require(value in (None, 0, 1) if key == "accumulate_grad_batches" else value in (None, 0),
-                 f"trainer.{key}", value, "unset: optimization is manual (CollapseModule), which Lightning "
-                 "does not clip or accumulate for")
-    for key in ("max_steps", "limit_train_batches"):
-        value = trainer.get(key)
-        limited = value not in (None, -1) and not (key == "limit_train_batches" and value in (1, 1.0))
-        _require(not limited or cfg.steps_per_call == 1, "steps_per_call", cfg.steps_per_call,
-                 f"1 when trainer.{key} is set (Lightning counts training_step calls, not optimizer steps)")
+    manual = "unset: optimization is manual (CollapseModule), which Lightning does not clip or accumulate for"
+    _require(trainer.get("gradient_clip_val") in (None, 0), "trainer.gradient_clip_val",
+             trainer.get("gradient_clip_val"), manual)
+    _require(trainer.get("accumulate_grad_batches") in (None, 1), "trainer.accumulate_grad_batches",
+             trainer.get("accumulate_grad_batches"), manual)
+    counts_calls = "1 when trainer.{} is set (Lightning counts training_step calls, not optimizer steps)"
+    _require(trainer.get("max_steps") in (None, -1) or cfg.steps_per_call == 1, "steps_per_call",
+             cfg.steps_per_call, counts_calls.format("max_steps"))
+    limit = trainer.get("limit_train_batches")  # an int counts batches, a float is a fraction
+    _require(limit is None or (isinstance(limit, float) and limit == 1.0) or cfg.steps_per_call == 1, "steps_per_call",
+             cfg.steps_per_call, counts_calls.format("limit_train_batches"))
     _require(cfg.resume in ("auto", "never"), "resume", cfg.resume,
              "'auto' (continue a killed run, skip a finished one) or 'never' (start fresh)")
     if model.linear_depth == 1:

@@ -51,13 +51,13 @@ def read_json(path: str | Path, default: Any = None) -> Any:
         return default
 
 
-def append_jsonl(path: str | Path, row: dict) -> None:
-    """Append one line with a single write, so a kill leaves either the whole line or a
+def append_jsonl(path: str | Path, *rows: dict) -> None:
+    """Append one line per row with a single write, so a kill leaves whole lines and at most a
     truncated tail that `read_jsonl` ignores."""
-    line = (to_json(row) + "\n").encode()
+    data = "".join(to_json(row) + "\n" for row in rows).encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

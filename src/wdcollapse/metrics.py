@@ -51,8 +51,9 @@ def _check_2d(x: torch.Tensor, name: str, exact: bool = True) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _check_inputs(features, labels, num_classes: int, exact: bool = True):
-    """Validate and return (features [N, d], float64 if exact, and labels long [N])."""
+def _check_inputs(features, labels, num_classes: int, exact: bool = True, check_range: bool = True):
+    """Validate and return (features [N, d], float64 if exact, and labels long [N]).
+    `check_range=False` skips the label range (a host read), for labels checked already."""
     z = _check_2d(features, "features", exact)
     if int(num_classes) != num_classes or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
@@ -65,11 +66,17 @@ def _check_inputs(features, labels, num_classes: int, exact: bool = True):
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
     y = labels.long().to(z.device)
-    if y.numel() > 0:
-        lo, hi = (int(v) for v in torch.aminmax(y))
+    if check_range:
+        check_label_range(y, num_classes)
+    return z, y
+
+
+def check_label_range(labels: torch.Tensor, num_classes: int) -> None:
+    """Raise ValueError unless every label lies in 0..num_classes-1 (one host read)."""
+    if labels.numel() > 0:
+        lo, hi = (int(v) for v in torch.aminmax(labels))
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must lie in 0..{num_classes - 1}, got range [{lo}, {hi}]")
-    return z, y
 
 
 def _check_weight(weight, num_classes: int, dim: int) -> torch.Tensor:
@@ -304,9 +311,10 @@ class NCAccumulator:
         self.m2 = self.m2 + m2 + delta.pow(2).sum(1) * (n_a * n_b / n)
         self.counts = self.counts + counts
 
-    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch of features [n, d] with labels [n]."""
-        z, y = _check_inputs(features, labels, self.num_classes, self.exact)
+    def update(self, features: torch.Tensor, labels: torch.Tensor, labels_checked: bool = False) -> None:
+        """Add a batch of features [n, d] with labels [n] (`labels_checked`: their range was
+        validated already, e.g. once per chunk for every layer of a metric pass)."""
+        z, y = _check_inputs(features, labels, self.num_classes, self.exact, check_range=not labels_checked)
         if self.weight is not None:
             w = _check_weight(self.weight, self.num_classes, z.shape[1])
             self.weight = w.to(z.device)

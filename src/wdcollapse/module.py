@@ -107,13 +107,8 @@ class CollapseModule(pl.LightningModule):
         self.epoch_loss_sum = torch.zeros((), device=self.device)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """One optimizer step per (x, y) of the group `batch`; returns the last step's loss.
-        (A bare (x, y) pair is a group of one.)"""
-        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], torch.Tensor):
-            batch = [batch]
+        """One optimizer step per (x, y) of the group `batch`; returns the last step's loss."""
         opt, schedule = self.optimizers(), self.lr_schedulers()
-        if self.epoch_loss_sum is None:
-            self.on_train_epoch_start()
         for x, y in batch:
             opt.zero_grad(set_to_none=True)
             loss = self.step_loss(x, y)

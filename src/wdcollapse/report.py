@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from . import claims, theory
-from .io import read_json
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, read_json
 from .plots.depth_sweeps import plot_linear_depth_sweep, plot_nonlinear_depth_sweep
 from .plots.theory import plot_theorem31, plot_two_phases
 from .plots.training import plot_grams, plot_training_curves
@@ -40,11 +39,9 @@ UNKNOWN_IN_PAPER = ["optim.name", "optim.momentum", "optim.warmup_epochs", "opti
 ALWAYS_SHOWN = ["optim.lr", "optim.weight_decay", "data.num_per_class", "trainer.max_epochs"]
 
 
-def _get(config: dict, key: str):
-    node = config
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
+def verdict(passed: bool | None, missing: str = "NOT RUN") -> str:
+    """PASS / FAIL, or `missing` when the runs a check needs are not there."""
+    return "PASS" if passed else (missing if passed is None else "FAIL")
 
 
 def make_figures(out: Path, figures, runs_of: Callable) -> list[Path]:
@@ -81,7 +78,7 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
     paper = PAPER.get(figure.experiment, {})
     rows = []
     for key in ALWAYS_SHOWN + [k for k in paper if k not in ALWAYS_SHOWN and k != "seeds"]:
-        values = sorted({str(_get(r.config, key)) for r in runs})
+        values = sorted({str(r.get(key)) for r in runs})
         ours = ", ".join(values)
         if key == "data.num_per_class" and values == ["None"]:
             ours = "full training set"
@@ -91,7 +88,7 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
     seeds = sorted({r.config.get("seed") for r in runs})
     rows.append(("seeds", str(paper.get("seeds", "not stated")), f"{len(seeds)} ({', '.join(map(str, seeds))})"))
     for key in UNKNOWN_IN_PAPER:
-        rows.append((key, "not stated (ASSUMPTION)", str(_get(config, key))))
+        rows.append((key, "not stated (ASSUMPTION)", str(runs[0].get(key))))
     return rows
 
 
@@ -167,8 +164,7 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
              "Exhibit Neural Collapse*, ICLR 2025. Claims as listed in PAPER.md; each is decided by the "
              "rule shown, from the run directories under `runs/`.", "", "## Claims", ""]
     for c in decided:
-        verdict = "PASS" if c["passed"] else ("NOT RUN" if c["passed"] is None else "FAIL")
-        lines += [f"### Claim {c['id']}: **{verdict}**", "", c["statement"], "", f"*Rule:* {c['rule']}", ""]
+        lines += [f"### Claim {c['id']}: **{verdict(c['passed'])}**", "", c["statement"], "", f"*Rule:* {c['rule']}", ""]
         evidence = c["evidence"]
         for key, value in evidence.items():
             if key == "per_seed":
@@ -178,8 +174,7 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
     if checks:
         lines += ["## Theory checks", ""]
         for c in checks:
-            verdict = "PASS" if c["passed"] else ("NOT RUN" if c["passed"] is None else "FAIL")
-            lines += [f"### {c['id']}: **{verdict}**", "", c["statement"], ""]
+            lines += [f"### {c['id']}: **{verdict(c['passed'])}**", "", c["statement"], ""]
             lines += [f"- {name}: {_fmt(ev)}" for name, ev in c["evidence"].items()] + [""]
     lines += ["## Runs", "", "| figure | expected | finished | diverged | failed | running | mean s/run |",
               "|---|---|---|---|---|---|---|"]

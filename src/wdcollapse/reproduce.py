@@ -26,7 +26,6 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .config import REPO_ROOT
-from .io import read_json
 from .runs import Run, load_runs
 
 TERMINAL = ("finished", "diverged", "failed")
@@ -69,9 +68,7 @@ def load_spec(preset: str) -> tuple[int, list[Figure]]:
 def matches_sweep(run: Run, figure: Figure) -> bool:
     """Whether a run directory belongs to the figure's current sweep (old sweeps may linger)."""
     for key, values in figure.sweep.items():
-        node = run.config
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
+        node = run.get(key)
         allowed = [float(v) if _is_number(v) else v for v in str(values).split(",")]
         value = float(node) if _is_number(node) else node
         if not any(value == a or (isinstance(a, float) and isinstance(value, float) and abs(value - a) <= 1e-12 * abs(a))
@@ -106,14 +103,14 @@ def multirun_command(figure: Figure, preset: str, sweep_dir: Path, jobs: int, ex
 class Progress(threading.Thread):
     """Prints which runs of a figure are done and running, every `every` seconds."""
 
-    def __init__(self, figure: Figure, sweep_dir: Path, every: float = 30.0):
+    def __init__(self, figure: Figure, out: Path, every: float = 30.0):
         super().__init__(daemon=True)
-        self.figure, self.sweep_dir, self.every = figure, sweep_dir, every
+        self.figure, self.out, self.every = figure, out, every
         self.stop = threading.Event()
         self.start_time = time.time()
 
     def report(self) -> str:
-        runs = [r for r in load_runs(self.sweep_dir) if matches_sweep(r, self.figure)]
+        runs = figure_runs(self.out, self.figure)
         done = [r for r in runs if r.status in TERMINAL]
         running = [r for r in runs if r.status == "running"]
         times = [r.summary.get("wall_seconds") for r in done if r.summary.get("wall_seconds")]
@@ -139,7 +136,7 @@ def run_figure(figure: Figure, preset: str, out: Path, jobs: int, extra: list[st
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = multirun_command(figure, preset, sweep_dir, jobs, extra)
     print(f"[{figure.name}] {figure.num_runs} runs, {jobs} at a time; log: {log_path}", flush=True)
-    progress = Progress(figure, sweep_dir)
+    progress = Progress(figure, out)
     progress.start()
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "WANDB_SILENT": "true"}
     with open(log_path, "a") as log:
@@ -203,15 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         if figure.name not in skipped and not args.plots_only:
             run_figure(figure, args.preset, out, jobs, cifar if figure.needs == "cifar10" else [])
 
-    from .report import make_figures, write_report
+    from .report import make_figures, verdict, write_report
 
     reported = [f for f in figures if f.name not in skipped]
-    made = make_figures(out, reported, lambda f: figure_runs(out, f))
-    report = write_report(out, args.preset, reported, lambda f: figure_runs(out, f), skipped)
+    loaded = {f.name: figure_runs(out, f) for f in reported}  # read every run directory once
+    made = make_figures(out, reported, lambda f: loaded[f.name])
+    report = write_report(out, args.preset, reported, lambda f: loaded[f.name], skipped)
     print(f"\nfigures: {out / 'figures'} ({len(made)} files)")
     for claim in report["claims"]:
-        verdict = "PASS" if claim["passed"] else ("n/a" if claim["passed"] is None else "FAIL")
-        print(f"claim {claim['id']}: {verdict}  {claim['statement']}")
+        print(f"claim {claim['id']}: {verdict(claim['passed'], 'n/a')}  {claim['statement']}")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     print(f"report: {out / 'REPORT.md'}  ({(time.time() - start) / 60:.1f} min)")

@@ -2,9 +2,11 @@
 Plots and reports read only these files, never a live model."""
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .io import read_json, read_jsonl
@@ -39,9 +41,71 @@ class Run:
         """The last evaluated row (for a diverged run: the last one before it diverged)."""
         return self.history[-1] if self.history else {}
 
+    def get(self, key: str):
+        """A config value by dotted key (`optim.lr`); None if absent."""
+        node = self.config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
     def series(self, key: str) -> tuple[list[int], list[float]]:
         rows = [r for r in self.history if r.get(key) is not None]
         return [r["epoch"] for r in rows], [r[key] for r in rows]
+
+
+def linear_depth_point(run: Run) -> dict[str, float]:
+    """NC1 and NC2 at the end of training, of the features entering the last layer (Z_{L-1})
+    and of those entering the first linear layer (Z_{L1})."""
+    L, L1, row = run.num_layers, run.nonlinear_depth, run.final
+    return {
+        "nc1_last": row.get(f"nc1/layer_{L - 1}"),
+        "nc2_last": row.get(f"nc2/layer_{L - 1}"),
+        "nc1_first_linear": row.get(f"nc1/layer_{L1}"),
+        "nc2_first_linear": row.get(f"nc2/layer_{L1}"),
+    }
+
+
+def nonlinear_depth_point(run: Run) -> dict[str, float]:
+    """Min and mean balancedness over the pairs of non-linear layers (l, l+1), l < L1, and min
+    and mean negativity over the non-linear layers, at the end of training."""
+    L1, row = run.nonlinear_depth, run.final
+    bal = [row.get(f"balancedness/layer_{l}") for l in range(1, L1)]
+    neg = [row.get(f"negativity/layer_{l}") for l in range(1, L1 + 1)]
+    bal = [v for v in bal if v is not None]
+    neg = [v for v in neg if v is not None]
+    nan = float("nan")
+    return {
+        "balancedness_min": min(bal) if bal else nan, "balancedness_mean": float(np.mean(bal)) if bal else nan,
+        "negativity_min": min(neg) if neg else nan, "negativity_mean": float(np.mean(neg)) if neg else nan,
+    }
+
+
+def gram_keys(run: Run) -> list[str]:
+    """The paper's three Gram matrices: the last ReLU layer's pre-activation, then the outputs of
+    the linear-head layers except the last (the inputs of the last three weights)."""
+    L1, L = run.nonlinear_depth, run.num_layers
+    keys = [f"preact_{L1}"] if L1 >= 1 else []
+    keys += [f"layer_{l}" for l in range(L1 + 1, L)]
+    return keys[-3:]
+
+
+def group_by(runs: list[Run], x_of, group_of) -> dict:
+    """{group: {x: [runs]}} for runs that have a final row."""
+    grouped: dict = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if run.history:
+            grouped[group_of(run)][x_of(run)].append(run)
+    return grouped
+
+
+def by_weight_decay_and_linear_depth(runs: list[Run]) -> dict:
+    """The linear-depth sweeps (Fig. 2): {weight decay: {linear depth: [runs]}}."""
+    return group_by(runs, lambda r: r.linear_depth, lambda r: float(r.get("optim.weight_decay")))
+
+
+def by_lr_and_nonlinear_depth(runs: list[Run]) -> dict:
+    """The non-linear-depth sweep (Fig. 3): {learning rate: {non-linear depth: [runs]}}."""
+    return group_by(runs, lambda r: r.nonlinear_depth, lambda r: float(r.get("optim.lr")))
 
 
 def load_run(path: str | Path) -> Run | None:

@@ -24,7 +24,6 @@ does not exist (eps1 >= s_K(Y)) is inf, written as null in JSON.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from pytorch_lightning.callbacks import Callback
 
 from . import metrics
 from .errors import ConfigError
-from .io import atomic_write_json, finite_or_none, keep_jsonl_rows, read_json, read_jsonl, to_json
+from .io import append_jsonl, atomic_write_json, keep_jsonl_rows, read_json, read_jsonl
 
 __all__ = [
     "THEOREM31_KEYS",
@@ -81,7 +80,7 @@ def balancedness_errors(head_weights: Sequence[torch.Tensor]) -> list[float]:
     for w, w_next in zip(head_weights[:-1], head_weights[1:]):
         a, b = w_next.detach().double(), w.detach().double().to(w_next.device)
         d = a.T @ a - b @ b.T
-        out.append(float(torch.linalg.eigvalsh(d).abs().max()) if torch.isfinite(d).all() else math.nan)
+        out.append(metrics._sym_op_norm(d) if torch.isfinite(d).all() else math.nan)
     return out
 
 
@@ -186,12 +185,13 @@ class TheoryObserver:
     def update(self, trace, labels: torch.Tensor) -> None:
         z2, y = metrics._check_inputs(trace.outputs[self.L - 2], labels, self.num_classes)
         self.gram_lm2.update(trace.outputs[self.L - 3])
-        self.nc.update(z2, y)
+        self.nc.update(trace.outputs[self.L - 2], y)  # in the features' precision when not exact
         out = trace.output.detach().double()
         onehot = torch.nn.functional.one_hot(y, self.num_classes).to(out.dtype)
-        self.sq_err += float((out - onehot).pow(2).sum())
         self.pinv_rows = self.pinv_rows.to(z2.device)
-        self.dist_sq += float((z2 - self.pinv_rows[y]).pow(2).sum())
+        # 0-dim float64 tensors (read in result()): no host synchronisation per chunk
+        self.sq_err = self.sq_err + (out - onehot).pow(2).sum()
+        self.dist_sq = self.dist_sq + (z2 - self.pinv_rows[y]).pow(2).sum()
 
     def merge(self, other: "TheoryObserver") -> "TheoryObserver":
         """Fold in an observer of the same network fed disjoint data (another process's share
@@ -214,19 +214,23 @@ class TheoryObserver:
         n = counts.double()
         mu_g = (n.unsqueeze(1) * means).sum(0) / n.sum()
         return _assemble(
-            sq_err=self.sq_err, op_lm2=self.gram_lm2.op_norm(), op_lm1=self._op_lm1(),
-            counts=counts.cpu(), dist_sq=self.dist_sq,
+            sq_err=float(self.sq_err), op_lm2=self.gram_lm2.op_norm(), op_lm1=self._op_lm1(),
+            counts=counts.cpu(), dist_sq=float(self.dist_sq),
             tr_b=float((means - mu_g).pow(2).sum() / self.num_classes),
             nc1=self.nc.nc1(), heads=self.heads,
         )
+
+
+def check_theory_setting(setting) -> None:
+    if setting not in ("auto", True, False):
+        raise ValueError(f"callbacks.metrics.theory={setting!r}; choose auto, true or false")
 
 
 def theory_observers(setting, net, num_classes: int, exact: bool = True) -> list:
     """The observers MetricMonitor's `theory` option asks for: `auto` = a TheoryObserver when
     the model has a linear head of >= 2 layers (and L >= 3), true = always (an error if the
     model has no such head), false = none."""
-    if setting not in ("auto", True, False):
-        raise ValueError(f"callbacks.metrics.theory={setting!r}; choose auto, true or false")
+    check_theory_setting(setting)
     if setting is False or (setting == "auto" and not TheoryObserver.supports(net)):
         return []
     return [TheoryObserver(net, num_classes, exact=exact)]
@@ -506,7 +510,7 @@ class TheoryGDMonitor(Callback):
                                             act["gamma"] or 0.0),
         }
         pl_module.train(was_training)
-        atomic_write_json(self.theory_path, finite_or_none(info))
+        atomic_write_json(self.theory_path, info)
 
     def _head(self, net) -> list[torch.Tensor]:
         return [w.detach() for w in net.weights[net.nonlinear_depth:]]
@@ -516,7 +520,7 @@ class TheoryGDMonitor(Callback):
         net = pl_module.model
         group = trainer.optimizers[0].param_groups[0]
         pairs = balancedness_errors(self._head(net)) if net.linear_depth >= 2 else []
-        sq = sum(float(p.detach().double().pow(2).sum()) for p in net.parameters())
+        sq = float(sum(p.detach().double().pow(2).sum() for p in net.parameters()))  # one host read
         self.pending = {"step": trainer.global_step, "lr": float(group["lr"]),
                         "wd": float(group.get("weight_decay", 0.0)), "sq": sq, "pairs": pairs}
 
@@ -543,13 +547,7 @@ class TheoryGDMonitor(Callback):
     def flush(self) -> None:
         if not self.buffer:
             return
-        data = "".join(to_json(finite_or_none(row)) + "\n" for row in self.buffer).encode()
-        fd = os.open(self.steps_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_jsonl(self.steps_path, *self.buffer)
         self.buffer = []
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -566,7 +564,7 @@ class TheoryGDMonitor(Callback):
         wd = float(pl_module.optim.get("weight_decay", 0.0))
         info["rate"] = analyse_steps(read_jsonl(self.steps_path), wd, self.settle, self.floor,
                                      self.tolerance, self.min_points)
-        atomic_write_json(self.theory_path, finite_or_none(info))
+        atomic_write_json(self.theory_path, info)
 
 
 def _pyramidal(widths: Sequence[int], num_train: int) -> bool:

@@ -51,6 +51,9 @@ def completed_epochs(ckpt: Path) -> int:
 
 
 def write_summary(out_dir: Path, **fields) -> dict:
+    """Merge `fields` into summary.json (rank 0 only: other DDP ranks just get `fields` back)."""
+    if launched_rank() != 0:
+        return fields
     summary = read_json(out_dir / "summary.json", default={}) | fields
     summary["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     atomic_write_json(out_dir / "summary.json", summary)
@@ -65,13 +68,20 @@ def launched_rank() -> int:
     return int(rank_zero_only.rank or 0)
 
 
+def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """The checkpoint this run continues from: checkpoints/last.ckpt unless resume=never."""
+    ckpt = out_dir / "checkpoints" / "last.ckpt"
+    return ckpt if cfg.resume != "never" and ckpt.exists() else None
+
+
 def prepare_run_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
     """Make `out_dir` ready for this run; returns the checkpoint to resume from, if any."""
-    ckpt = out_dir / "checkpoints" / "last.ckpt"
+    ckpt = resume_checkpoint(cfg, out_dir)
     metrics_path = out_dir / "metrics.jsonl"
-    if cfg.resume == "never" or not ckpt.exists():
+    if ckpt is None:
         # What a run killed before its first checkpoint (or an older run) left cannot be continued.
-        for stale in (metrics_path, ckpt, out_dir / "summary.json", out_dir / "error.txt", out_dir / "grams.json"):
+        stale_ckpt = out_dir / "checkpoints" / "last.ckpt"
+        for stale in (metrics_path, stale_ckpt, out_dir / "summary.json", out_dir / "error.txt", out_dir / "grams.json"):
             stale.unlink(missing_ok=True)
         return None
     done = completed_epochs(ckpt)
@@ -130,9 +140,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         ckpt = prepare_run_dir(cfg, out_dir)
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     else:  # rank 0 has prepared the directory already; resume from the same checkpoint
-        ckpt = out_dir / "checkpoints" / "last.ckpt"
-        ckpt = ckpt if cfg.resume != "never" and ckpt.exists() else None
-    write_summary_here = write_summary if main_rank else (lambda out_dir, **fields: fields)
+        ckpt = resume_checkpoint(cfg, out_dir)
 
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), verbose=False)
@@ -146,7 +154,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                             compile=bool(cfg.compile), channels_last=bool(cfg.channels_last))
 
     start = time.time()
-    write_summary_here(out_dir, status="running", name=cfg.name, seed=int(cfg.seed),
+    write_summary(out_dir, status="running", name=cfg.name, seed=int(cfg.seed),
                   num_train=datamodule.num_train, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     trainer = None
     try:
@@ -157,14 +165,14 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         log.warning("%s: %s", out_dir, e)
         status, extra = "diverged", {"diverged_epoch": e.epoch, "diverged_step": e.step}
     except BaseException as e:
-        write_summary_here(out_dir, status="failed", error=f"{type(e).__name__}: {e}")
+        write_summary(out_dir, status="failed", error=f"{type(e).__name__}: {e}")
         if main_rank:
             atomic_write_text(out_dir / "error.txt", traceback.format_exc())
         raise
     finally:
         finish_loggers(trainer)
     rows = read_jsonl(out_dir / "metrics.jsonl")
-    return write_summary_here(
+    return write_summary(
         out_dir, status=status, epochs=rows[-1]["epoch"] if rows else 0,
         final=rows[-1] if rows else {}, wall_seconds=round(time.time() - start, 2),
         metric_seconds=round(monitor.metric_seconds, 2) if trainer else None, **extra,

@@ -127,9 +127,7 @@ class TensorDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.normalize, self.download, self.image_folder = normalize, download, image_folder
         self.subset_seed, self.shuffle_seed, self.eval_chunk = subset_seed, shuffle_seed, eval_chunk
-        if int(steps_per_call) != steps_per_call or steps_per_call < 1:
-            raise ValueError(f"steps_per_call must be a positive integer, got {steps_per_call}")
-        self.steps_per_call = int(steps_per_call)
+        self.steps_per_call = steps_per_call  # checked by StepGroups
         self.train_x = self.train_y = self.test_x = self.test_y = None
 
     def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:

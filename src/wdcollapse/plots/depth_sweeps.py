@@ -2,51 +2,15 @@
 balancedness/negativity of the non-linear layers against non-linear depth (Fig. 3)."""
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
-from ..runs import Run
+from ..runs import (Run, by_lr_and_nonlinear_depth, by_weight_decay_and_linear_depth, linear_depth_point,
+                    nonlinear_depth_point)
 from .common import log_scale_if_spanning_decades, save_figure
-
-
-def linear_depth_point(run: Run) -> dict[str, float]:
-    """NC1 and NC2 at the end of training, of the features entering the last layer (Z_{L-1})
-    and of those entering the first linear layer (Z_{L1})."""
-    L, L1, row = run.num_layers, run.nonlinear_depth, run.final
-    return {
-        "nc1_last": row.get(f"nc1/layer_{L - 1}"),
-        "nc2_last": row.get(f"nc2/layer_{L - 1}"),
-        "nc1_first_linear": row.get(f"nc1/layer_{L1}"),
-        "nc2_first_linear": row.get(f"nc2/layer_{L1}"),
-    }
-
-
-def nonlinear_depth_point(run: Run) -> dict[str, float]:
-    """Min and mean balancedness over the pairs of non-linear layers (l, l+1), l < L1, and min
-    and mean negativity over the non-linear layers, at the end of training."""
-    L1, row = run.nonlinear_depth, run.final
-    bal = [row.get(f"balancedness/layer_{l}") for l in range(1, L1)]
-    neg = [row.get(f"negativity/layer_{l}") for l in range(1, L1 + 1)]
-    bal = [v for v in bal if v is not None]
-    neg = [v for v in neg if v is not None]
-    nan = float("nan")
-    return {
-        "balancedness_min": min(bal) if bal else nan, "balancedness_mean": float(np.mean(bal)) if bal else nan,
-        "negativity_min": min(neg) if neg else nan, "negativity_mean": float(np.mean(neg)) if neg else nan,
-    }
-
-
-def group_by(runs: list[Run], x_of, group_of) -> dict:
-    """{group: {x: [runs]}} for runs that have a final row."""
-    grouped: dict = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        if run.history:
-            grouped[group_of(run)][x_of(run)].append(run)
-    return grouped
 
 
 def _errorbar(ax, xs, per_x_values, label, fmt):
@@ -72,7 +36,7 @@ def _finish_figure(fig, title: str, path_stem: str | Path) -> list[Path]:
 
 
 def plot_linear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str = "") -> list[Path]:
-    grouped = group_by(runs, lambda r: r.linear_depth, lambda r: float(r.config["optim"]["weight_decay"]))
+    grouped = by_weight_decay_and_linear_depth(runs)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("nc1", "nc2")):
         shown = []
@@ -88,7 +52,7 @@ def plot_linear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str =
 
 
 def plot_nonlinear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str = "") -> list[Path]:
-    grouped = group_by(runs, lambda r: r.nonlinear_depth, lambda r: float(r.config["optim"]["lr"]))
+    grouped = by_lr_and_nonlinear_depth(runs)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("balancedness", "negativity")):
         for lr, by_depth in sorted(grouped.items()):

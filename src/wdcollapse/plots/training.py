@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..runs import Run
+from ..runs import Run, gram_keys
 from .common import annotate_diverged, log_scale_if_spanning_decades, mean_std_over_runs, save_figure, usable
 
 PANELS = [
@@ -56,15 +56,6 @@ def plot_training_curves(runs: list[Run], path_stem: str | Path, first_layer: in
     fig.suptitle(f"{title}  ({len(runs)} seed(s), band = 1 std; dashed = ReLU, solid = linear)", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path_stem)
-
-
-def gram_keys(run: Run) -> list[str]:
-    """The paper's three Gram matrices: the last ReLU layer's pre-activation, then the outputs of
-    the linear-head layers except the last (the inputs of the last three weights)."""
-    L1, L = run.nonlinear_depth, run.num_layers
-    keys = [f"preact_{L1}"] if L1 >= 1 else []
-    keys += [f"layer_{l}" for l in range(L1 + 1, L)]
-    return keys[-3:]
 
 
 def plot_grams(run: Run, path_stem: str | Path, title: str = "") -> list[Path]:
