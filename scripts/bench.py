@@ -19,7 +19,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse
 import copy
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from wdcollapse.config import REPO_ROOT, register_resolvers
 from wdcollapse.io import atomic_write_text
 from wdcollapse.module import CollapseModule
 from wdcollapse.probe import metric_pass
-from timing import PlainLoop, Rounds, metric_pass_timed, timed  # scripts/timing.py
+from timing import PlainLoop, Rounds, machine, metric_pass_timed, timed  # scripts/timing.py
 
 TARGETS = {  # name: (comparison, bound)
     "lightning_over_plain": ("<=", 1.05),
@@ -254,19 +253,6 @@ def bench_memory() -> dict:
         out[mode] = res["peak_extra_bytes"] / res["feature_bytes"]
         out["feature_bytes"] = res["feature_bytes"]
     return out
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def table(result: dict) -> str:

@@ -3,11 +3,15 @@ optimizer steps as CollapseModule in a hand-written loop, and a callback that ti
 Lightning epoch and the passes run right after it. No Hydra: the lent GPU machine has none."""
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 from wdcollapse.module import CollapseModule, build_optimizer
 
@@ -81,3 +85,17 @@ def metric_pass_timed(exact: bool) -> Callable:
         net.train()
 
     return run
+
+
+def machine() -> dict:
+    """The hardware and versions a measurement ran on."""
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                   if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d %H:%M")}

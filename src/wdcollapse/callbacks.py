@@ -35,6 +35,15 @@ def distributed(trainer) -> bool:
     return trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def share_rank_zero_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (e.g. BatchNorm running statistics). DDP broadcasts
+    them only before each forward call, so after an epoch's last step every rank holds the
+    statistics of its own batches; the checkpoint holds rank 0's. Without this, each rank's
+    share of the metric pass would run a slightly different network."""
+    for buffer in module.buffers():
+        torch.distributed.broadcast(buffer, src=0)
+
+
 class Diverged(RuntimeError):
     def __init__(self, epoch: int, step: int, loss: float):
         # `epoch` counts from 0 (the epoch in which it happened); `step` is the global step at
@@ -78,8 +87,9 @@ class MetricMonitor(Callback):
     Under data parallelism (Lightning's DDP) each rank runs the metric pass on its share of
     the chunks of the training (and test) set and the ranks' accumulated statistics are
     gathered and merged in rank order (probe.gather_states), so every rank computes the row
-    of a single-process pass over the same weights (up to float rounding); only global rank
-    0 writes metrics.jsonl and grams.json and logs."""
+    of a single-process pass over the same weights and rank 0's buffers (up to float
+    rounding): the network the checkpoint holds. Only global rank 0 writes metrics.jsonl and
+    grams.json and logs."""
 
     def __init__(self, out_dir: str | Path, schedule: str = "every", every_n: int = 1,
                  num_points: int = 50, test_acc: bool = True, theory: str | bool = "auto",
@@ -116,6 +126,7 @@ class MetricMonitor(Callback):
         n = data.num_train
         observers = theory_observers(self.theory, pl_module.model, data.num_classes, exact=self.exact)
         if distributed(trainer):
+            share_rank_zero_buffers(pl_module.model)
             share = {"rank": trainer.global_rank, "world": trainer.world_size}
             reduce = gather_states
         else:

@@ -188,10 +188,9 @@ class TensorDataModule(pl.LightningDataModule):
         return len(self.train_batches())
 
     def train_dataloader(self) -> StepGroups:
-        # DDP synchronises the gradients of one backward pass per forward call of its wrapped
-        # module, i.e. per training_step: under data parallelism a group is one batch.
-        size = self.steps_per_call if self.rank_and_world()[1] == 1 else 1
-        return StepGroups(self.train_batches(), size)
+        # Under DDP too: with manual optimization Lightning prepares DDP's gradient reduction
+        # before every manual_backward, so each step of a group all-reduces its gradients.
+        return StepGroups(self.train_batches(), self.steps_per_call)
 
     def eval_batches(self, split: str = "train", rank: int = 0, world: int = 1,
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

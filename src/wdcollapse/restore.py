@@ -1,0 +1,38 @@
+"""A trained run's network and data, rebuilt from its directory (config.yaml and
+checkpoints/last.ckpt), to recompute or extend its metrics after the fact:
+
+    from wdcollapse.restore import restore
+    from wdcollapse.probe import metric_pass
+    net, data, cfg = restore("outputs/runs/my_run")
+    row, grams = metric_pass(net, data.eval_batches("train"), data.num_classes)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .config import register_resolvers
+
+
+def restore(run_dir: str | Path, checkpoint: str | Path | None = None,
+            ) -> tuple[torch.nn.Module, object, DictConfig]:
+    """(network in eval mode, set-up data module, resolved config) of the run in `run_dir`,
+    with the weights and buffers of `checkpoint` (default: the run's last.ckpt). CPU tensors."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.yaml"
+    ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.ckpt"
+    for path, what in ((config, "config.yaml"), (ckpt, "checkpoint")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run directory with a {what}")
+    register_resolvers()  # a config written before resolving (older runs) may still use them
+    cfg = OmegaConf.load(config)
+    data = instantiate(cfg.data)
+    data.setup()
+    net = instantiate(cfg.model)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    # CollapseModule holds the network as `model`; torch.compile in place keeps the keys
+    net.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    return net.eval(), data, cfg
