@@ -38,7 +38,7 @@ def test_claim1_passes_for_exponential_linear_balancing_and_fails_without_it():
 
 def test_claim3_and_claim4_follow_the_direction_of_the_trend():
     def nc2_run(depth, nc2):
-        return fake_run(5, depth, [{"epoch": 0, f"nc2/layer_{5 + depth - 1}": nc2, f"nc2/layer_5": nc2}])
+        return fake_run(5, depth, [{"epoch": 0, f"nc2/layer_{5 + depth - 1}": nc2, "nc2/layer_5": nc2}])
     falling = [nc2_run(d, 10.0 / d) for d in (1, 2, 3, 4)]
     assert claims.claim3_nc2_improves_with_linear_depth(falling)["passed"] is True
     rising = [nc2_run(d, 1.0 + d) for d in (1, 2, 3, 4)]

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import TINY
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 

@@ -57,6 +57,26 @@ def test_resnet20_runs_on_mnist_and_cifar_shapes(in_shape):
     assert torch.allclose(trace.output, net(x))
 
 
+def test_resnet20_trunk_runs_in_pieces_only_outside_training():
+    torch.manual_seed(0)
+    net = ResNet20((1, 28, 28), 10, nonlinear_depth=1, linear_depth=2, width=16)
+    net.trunk.eval_chunk = 50
+    calls = []
+    net.trunk.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    x = torch.randn(120, 1, 28, 28)
+    net.train()
+    whole = net.trunk(x)
+    assert torch.equal(net.features(x), whole) and calls == [120, 120]  # BatchNorm: the batch's statistics
+    net.eval()
+    calls.clear()
+    with torch.no_grad():
+        pieces, trace = net.features(x), net.forward_layers(x)
+        assert calls == [50, 50, 20] * 2
+        calls.clear()
+        assert torch.allclose(pieces, net.trunk(x), rtol=1e-5, atol=1e-6) and calls == [120]
+    assert torch.allclose(trace.output, net.layers[2](net.layers[1](net.activation(net.layers[0](pieces)))))
+
+
 def test_resnet20_has_the_papers_parameter_count():
     # He et al. (2016), Table 6: ResNet20 has 0.27M parameters (trunk + a 64 -> 10 classifier).
     trunk = ResNet20((3, 32, 32), 10, 0, 1).trunk

@@ -4,7 +4,6 @@ and `experiment=theory_gd` through the real entry point."""
 import copy
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np

@@ -1,7 +1,6 @@
 """End-to-end tests of `python -m wdcollapse.train` (the real Hydra entry point)."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

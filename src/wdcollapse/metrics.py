@@ -118,13 +118,17 @@ def _class_stats(z: torch.Tensor, y: torch.Tensor, num_classes: int):
     return counts, means.double() + resid, m2
 
 
-def _nc1_from_stats(counts, means, m2) -> float:
-    _require_all_classes(counts)
+def between_class_trace(counts, means) -> float:
+    """tr(Sigma_B) = 1/K sum_c ||mu_c - mu_G||^2, mu_G the count-weighted mean of the mu_c."""
     n = counts.double()
     mu_g = (n.unsqueeze(1) * means).sum(0) / n.sum()
-    tr_w = m2.sum() / n.sum()
-    tr_b = (means - mu_g).pow(2).sum() / means.shape[0]
-    return float(tr_w / tr_b)
+    return float((means - mu_g).pow(2).sum() / means.shape[0])
+
+
+def _nc1_from_stats(counts, means, m2) -> float:
+    _require_all_classes(counts)
+    tr_w = m2.sum() / counts.double().sum()
+    return float(tr_w / between_class_trace(counts, means))  # a tensor: tr_b = 0 gives inf or nan
 
 
 def _nc2_from_means(means: torch.Tensor) -> float:

@@ -35,6 +35,18 @@ def classification_loss(output: torch.Tensor, labels: torch.Tensor, loss: str, m
     raise ValueError(f"unknown mse_reduction {mse_reduction!r}; choose {MSE_REDUCTIONS}")
 
 
+def half_sum_factor(loss: str, mse_reduction: str, num_samples: int, num_classes: int) -> float:
+    """What `classification_loss` over `num_samples` samples is multiplied by to give the
+    paper's C = 1/2 ||Z_L - Y||_F^2 (1 for cross-entropy, which has no such form)."""
+    if loss != "mse" or mse_reduction == "half_sum":
+        return 1.0
+    if mse_reduction == "half_mean":
+        return float(num_samples)
+    if mse_reduction == "mean":
+        return num_samples * num_classes / 2
+    raise ValueError(f"unknown mse_reduction {mse_reduction!r}; choose {MSE_REDUCTIONS}")
+
+
 def lr_factor(step: int, steps_per_epoch: int, max_epochs: int, warmup_epochs: float,
               drop_at: float | None, drop_factor: float) -> float:
     """Linear warm-up over `warmup_epochs`, then constant, times `drop_factor` from the

@@ -74,7 +74,6 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
     """(setting, the paper's value, ours) for what the paper states and what it leaves open."""
     if not runs:
         return []
-    config = runs[0].config
     paper = PAPER.get(figure.experiment, {})
     rows = []
     for key in ALWAYS_SHOWN + [k for k in paper if k not in ALWAYS_SHOWN and k != "seeds"]:

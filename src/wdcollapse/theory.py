@@ -33,6 +33,7 @@ from pytorch_lightning.callbacks import Callback
 from . import metrics
 from .errors import ConfigError
 from .io import append_jsonl, atomic_write_json, keep_jsonl_rows, read_json, read_jsonl
+from .module import half_sum_factor
 
 __all__ = [
     "THEOREM31_KEYS",
@@ -210,13 +211,10 @@ class TheoryObserver:
         return metrics._gram_op_norm(w @ self.gram_lm2.gram @ w.T)
 
     def result(self) -> dict:
-        counts, means, m2 = self.nc._stats()
-        n = counts.double()
-        mu_g = (n.unsqueeze(1) * means).sum(0) / n.sum()
+        counts, means, _ = self.nc._stats()
         return _assemble(
             sq_err=float(self.sq_err), op_lm2=self.gram_lm2.op_norm(), op_lm1=self._op_lm1(),
-            counts=counts.cpu(), dist_sq=float(self.dist_sq),
-            tr_b=float((means - mu_g).pow(2).sum() / self.num_classes),
+            counts=counts.cpu(), dist_sq=float(self.dist_sq), tr_b=metrics.between_class_trace(counts, means),
             nc1=self.nc.nc1(), heads=self.heads,
         )
 
@@ -532,11 +530,7 @@ class TheoryGDMonitor(Callback):
         # The training loss in the theory's reduction C_0 = 1/2 ||Z_L - Y||_F^2 on the batch
         # (a group of one (x, y): see setup).
         y = batch[1] if isinstance(batch, tuple) else batch[0][1]
-        n, reduction = len(y), pl_module.mse_reduction
-        if pl_module.loss_name == "mse" and reduction == "half_mean":
-            loss *= n
-        elif pl_module.loss_name == "mse" and reduction == "mean":
-            loss *= n * trainer.datamodule.num_classes / 2
+        loss *= half_sum_factor(pl_module.loss_name, pl_module.mse_reduction, len(y), trainer.datamodule.num_classes)
         p, self.pending = self.pending, None
         self.buffer.append({
             "step": p["step"], "loss": loss, "reg_loss": loss + 0.5 * p["wd"] * p["sq"],

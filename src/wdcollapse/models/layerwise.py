@@ -89,8 +89,18 @@ class LayerwiseNet(nn.Module):
     def is_linear(self) -> list[bool]:
         return [l >= self.nonlinear_depth for l in range(self.num_layers)]
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Z_0, the trunk's output. Outside training, a trunk with an `eval_chunk` attribute
+        runs on the CPU in pieces of that many samples: a conv trunk's activations then stay in
+        the cache (ResNet20: 3x faster on 64 images at a time than on a 4096-image chunk of
+        the metric pass). In training mode never: BatchNorm's statistics are the batch's."""
+        piece = getattr(self.trunk, "eval_chunk", None)
+        if piece and not self.training and x.device.type == "cpu" and len(x) > piece:
+            return torch.cat([self.trunk(part) for part in x.split(piece)])
+        return self.trunk(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.trunk(x)
+        z = self.features(x)
         for l, layer in enumerate(self.layers):
             z = layer(z)
             if l < self.nonlinear_depth:
@@ -100,7 +110,7 @@ class LayerwiseNet(nn.Module):
     def iter_layers(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(W_l Z_{l-1}, Z_l) for l = 1..L, one layer at a time: a consumer can use each layer
         while it is still in the cache and let it go (the metric pass does)."""
-        z = self.trunk(x)
+        z = self.features(x)
         for l, layer in enumerate(self.layers):
             pre = layer(z)
             z = self.activation(pre) if l < self.nonlinear_depth else pre

@@ -34,6 +34,7 @@ class BasicBlock(nn.Module):
 
 class ResNet20Trunk(nn.Module):
     out_features = 64
+    eval_chunk = 64  # samples per piece outside training on the CPU (LayerwiseNet.features)
 
     def __init__(self, in_channels: int = 3, blocks_per_stage: int = 3):
         super().__init__()
