@@ -7,7 +7,7 @@ PRESET ?= cpu
 STAMP := $(VENV)/.installed
 DATA_DIR ?= data
 
-.PHONY: install data fashion-mnist cifar10 test reproduce bench bench-gpu fault-drill clean
+.PHONY: install data fashion-mnist cifar10 test reproduce bench bench-gpu bench-resnet-cpu fault-drill clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ bench: install
 
 bench-gpu: install
 	$(PY) scripts/gpu_bench.py
+
+# gpu_bench.py's ResNet20 and MLP settings on the CPU, on 2,000 images (about 4 minutes)
+bench-resnet-cpu: install
+	$(PY) scripts/gpu_bench.py --num-per-class 200 --rounds 2 --out outputs/bench/cpu_resnet.json \
+		--only resnet20_b128_fp32 resnet20_b128_bf16_cl resnet20_b512_fp32 resnet20_b512_bf16_cl \
+		mlp_b128_fp32 mlp_b128_fp32_compile
 
 fault-drill: install
 	$(PY) scripts/fault_drill.py --kills 5
