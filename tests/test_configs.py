@@ -77,3 +77,15 @@ def test_settings_that_manual_step_groups_cannot_honour_are_refused(overrides, w
     cfg.steps_per_call = 1
     if "steps_per_call=16" in words:
         check_config(cfg)  # fine with one step per call
+
+
+def test_sync_batchnorm_is_refused_on_the_cpu():
+    from wdcollapse.errors import ConfigError
+
+    cfg = compose_cfg("model=resnet20", "trainer.sync_batchnorm=true", "trainer.accelerator=cpu")
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    with pytest.raises(ConfigError, match="trainer.sync_batchnorm.*GPUs only"):
+        check_config(cfg)
+    cfg.trainer.sync_batchnorm = False
+    check_config(cfg)

@@ -188,6 +188,6 @@ def test_ddp_step_groups_and_batchnorm_buffers(tmp_path):
     assert any(k.startswith("nc1/") for k in row) and any(k.startswith("negativity/") for k in row)
     for key, value in row.items():  # metrics.jsonl holds a non-finite value as null
         # nc2 is a condition number, here up to ~1e10 at the output: the merge order's float64
-        # rounding grows with it (5.6e-8 relative). Unshared buffers are off by ~1e-3.
+        # rounding grows with it (5.6e-8 relative). Unshared buffers put the loss off by 1.2e-3.
         rel = 1e-6 if key.startswith("nc2/") else 1e-8
         assert last[key] == (pytest.approx(value, rel=rel, abs=1e-12) if math.isfinite(value) else None), key

@@ -77,6 +77,24 @@ def test_resnet20_trunk_runs_in_pieces_only_outside_training():
     assert torch.allclose(trace.output, net.layers[2](net.layers[1](net.activation(net.layers[0](pieces)))))
 
 
+def test_compiled_resnet20_traces_the_trunk_once():
+    from torch._dynamo.testing import CompileCounter
+
+    torch.manual_seed(0)
+    net = ResNet20((1, 12, 12), 10, nonlinear_depth=1, linear_depth=1, width=8).eval()
+    x = torch.randn(40, 1, 12, 12)
+    counts = {}
+    for piece in (None, 10):  # 10: four pieces if the loop were traced
+        net.trunk.eval_chunk = piece
+        torch._dynamo.reset()
+        counter = CompileCounter()
+        with torch.no_grad():
+            out = torch.compile(net, backend=counter)(x)
+        counts[piece] = (counter.frame_count, counter.op_count)
+        assert torch.allclose(out, net(x), rtol=1e-5, atol=1e-6)
+    assert counts[10] == counts[None]
+
+
 def test_resnet20_has_the_papers_parameter_count():
     # He et al. (2016), Table 6: ResNet20 has 0.27M parameters (trunk + a 64 -> 10 classifier).
     trunk = ResNet20((3, 32, 32), 10, 0, 1).trunk

@@ -36,10 +36,11 @@ def distributed(trainer) -> bool:
 
 
 def share_rank_zero_buffers(module: torch.nn.Module) -> None:
-    """Give every rank rank 0's buffers (e.g. BatchNorm running statistics). DDP broadcasts
-    them only before each forward call, so after an epoch's last step every rank holds the
-    statistics of its own batches; the checkpoint holds rank 0's. Without this, each rank's
-    share of the metric pass would run a slightly different network."""
+    """Give every rank rank 0's buffers (e.g. BatchNorm running statistics). Under manual
+    optimization Lightning's DDP wrapper never re-broadcasts buffers after wrapping the model
+    (it clears DDP's forward sync after each call), so each rank's running statistics are its
+    own average over its own batches of the whole run; the checkpoint holds rank 0's. Without
+    this, each rank's share of the metric pass would run a different network."""
     for buffer in module.buffers():
         torch.distributed.broadcast(buffer, src=0)
 

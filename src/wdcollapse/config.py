@@ -7,6 +7,7 @@ import uuid
 import warnings
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import SCHEDULES
@@ -86,6 +87,10 @@ def check_config(cfg: DictConfig) -> None:
     limit = trainer.get("limit_train_batches")  # an int counts batches, a float is a fraction
     _require(limit is None or (isinstance(limit, float) and limit == 1.0) or cfg.steps_per_call == 1, "steps_per_call",
              cfg.steps_per_call, counts_calls.format("limit_train_batches"))
+    on_cpu = trainer.get("accelerator") == "cpu" or (trainer.get("accelerator") in (None, "auto")
+                                                       and not torch.cuda.is_available())
+    _require(not (trainer.get("sync_batchnorm") and on_cpu), "trainer.sync_batchnorm", trainer.get("sync_batchnorm"),
+             "false on the CPU (torch's SyncBatchNorm runs on GPUs only)")
     _require(cfg.resume in ("auto", "never"), "resume", cfg.resume,
              "'auto' (continue a killed run, skip a finished one) or 'never' (start fresh)")
     if model.linear_depth == 1:

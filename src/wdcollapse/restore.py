@@ -35,4 +35,6 @@ def restore(run_dir: str | Path, checkpoint: str | Path | None = None,
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     # CollapseModule holds the network as `model`; torch.compile in place keeps the keys
     net.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    if cfg.get("channels_last"):  # the run's convolutions (their rounding) were NHWC
+        net.to(memory_format=torch.channels_last)
     return net.eval(), data, cfg

@@ -93,9 +93,12 @@ class LayerwiseNet(nn.Module):
         """Z_0, the trunk's output. Outside training, a trunk with an `eval_chunk` attribute
         runs on the CPU in pieces of that many samples: a conv trunk's activations then stay in
         the cache (ResNet20: 3x faster on 64 images at a time than on a 4096-image chunk of
-        the metric pass). In training mode never: BatchNorm's statistics are the batch's."""
+        the metric pass). In training mode never: BatchNorm's statistics are the batch's. Nor
+        inside torch.compile (`compile=true`): the loop would put a copy of the trunk per piece
+        into the graph."""
         piece = getattr(self.trunk, "eval_chunk", None)
-        if piece and not self.training and x.device.type == "cpu" and len(x) > piece:
+        if (piece and not self.trunk.training and x.device.type == "cpu" and len(x) > piece
+                and not torch.compiler.is_compiling()):
             return torch.cat([self.trunk(part) for part in x.split(piece)])
         return self.trunk(x)
 
