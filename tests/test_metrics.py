@@ -383,6 +383,24 @@ def test_gram_and_negativity_accumulators(seed, shape):
     assert close(n1.merge(n2).value(), ref_negativity(x))
 
 
+@pytest.mark.parametrize("slope", [0.01, 0.2])
+def test_negativity_of_other_activations_uses_their_residual(slope):
+    # leaky ReLU: Z - sigma(Z) = (1 - slope) min(Z, 0), so negativity scales by (1 - slope)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 12)) - 0.1
+    act = np.where(x > 0, x, slope * x)
+    expected = np.linalg.norm(x - act, 2) / np.linalg.norm(x, 2)
+    assert close(negativity(t(x), t(act)), expected)
+    assert close(negativity(t(x), t(act)), (1 - slope) * ref_negativity(x))
+    for exact in (True, False):
+        acc = NegativityAccumulator(12, exact=exact)
+        for idx in random_batches(rng, 200):
+            acc.update(t(x[idx]), t(act[idx]))
+        assert acc.value() == pytest.approx(expected, rel=1e-12 if exact else 1e-6)
+    with pytest.raises(ValueError, match="activated has shape"):
+        negativity(t(x), t(act[:, :5]))
+
+
 def test_negativity_accumulator_all_zero():
     acc = NegativityAccumulator(3)
     acc.update(torch.zeros(4, 3))

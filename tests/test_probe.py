@@ -47,3 +47,19 @@ def test_metric_pass_equals_functions_on_captured_features(chunk):
     means = torch.stack([pre[2][y == c].double().mean(0) for c in range(5)])
     assert torch.allclose(torch.tensor(grams["preact_3"], dtype=torch.float64), means @ means.T, rtol=1e-9)
     assert set(grams) == {f"layer_{l}" for l in range(1, 7)} | {"preact_3"}
+
+
+def test_negativity_row_follows_the_models_activation():
+    torch.manual_seed(0)
+    net = MLP((1, 6, 6), 5, nonlinear_depth=2, linear_depth=2, width=24, activation="smooth_leaky_relu",
+              activation_kwargs={"gamma": 0.1, "beta": 4.0}).eval()
+    x, y = torch.randn(120, 1, 6, 6), torch.arange(120) % 5
+    row, _ = metric_pass(net, [(x[:50], y[:50]), (x[50:], y[50:])], 5)
+    trace = net.forward_layers(x)
+    for l in range(2):
+        pre = trace.preacts[l].double()
+        expected = (torch.linalg.matrix_norm(pre - net.activation(pre), 2)
+                    / torch.linalg.matrix_norm(pre, 2)).item()
+        assert row[f"negativity/layer_{l + 1}"] == pytest.approx(expected, rel=1e-6)
+        # not ReLU's min(Z, 0), which is 40% larger here
+        assert abs(row[f"negativity/layer_{l + 1}"] - metrics.negativity(trace.preacts[l])) > 0.05

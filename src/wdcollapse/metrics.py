@@ -254,14 +254,25 @@ def _balancedness(a: torch.Tensor, b: torch.Tensor, sq_op_a: float, sq_op_b: flo
     return num / den
 
 
-def negativity(preact: torch.Tensor) -> float:
-    """||Z - relu(Z)||_op / ||Z||_op for pre-activations Z [N, d]
-    (Z - relu(Z) = min(Z, 0)); 0 if Z is all zero."""
+def _residual(z: torch.Tensor, activated: torch.Tensor | None, exact: bool = True) -> torch.Tensor:
+    """Z - sigma(Z): from the activation's output `activated` (same shape as z), or min(Z, 0),
+    ReLU's, without one."""
+    if activated is None:
+        return z.clamp_max(0.0)
+    a = _check_2d(activated, "activated", exact)
+    if a.shape != z.shape:
+        raise ValueError(f"activated has shape {tuple(a.shape)}, the pre-activations {tuple(z.shape)}")
+    return z - a
+
+
+def negativity(preact: torch.Tensor, activated: torch.Tensor | None = None) -> float:
+    """||Z - sigma(Z)||_op / ||Z||_op for pre-activations Z [N, d] and sigma(Z) = `activated`
+    (default ReLU: Z - relu(Z) = min(Z, 0)); 0 if Z is all zero."""
     z = _check_2d(preact, "preact")
     denom = _sq_op_norm(z)
     if denom == 0.0:
         return 0.0
-    return math.sqrt(_sq_op_norm(z.clamp_max(0.0)) / denom)
+    return math.sqrt(_sq_op_norm(_residual(z, activated)) / denom)
 
 
 # ----------------------------------------------------------------------------
@@ -414,21 +425,24 @@ class GramAccumulator:
 
 
 class NegativityAccumulator:
-    """Streaming `negativity`: ||min(Z, 0)||_op / ||Z||_op from the Gram
-    matrices of Z and of min(Z, 0), fed row batches of Z [n, dim]. `exact=False`:
-    as for GramAccumulator."""
+    """Streaming `negativity`: ||Z - sigma(Z)||_op / ||Z||_op from the Gram
+    matrices of Z and of Z - sigma(Z), fed row batches of Z [n, dim] (and of sigma(Z);
+    without it sigma is ReLU). `exact=False`: as for GramAccumulator."""
 
     def __init__(self, dim: int, exact: bool = True):
         self.exact = exact
         self.full = GramAccumulator(dim, exact)
         self.neg = GramAccumulator(dim, exact)
 
-    def update(self, preact: torch.Tensor) -> None:
-        """Add a batch of pre-activations [n, dim]."""
+    def update(self, preact: torch.Tensor, activated: torch.Tensor | None = None) -> None:
+        """Add a batch of pre-activations Z [n, dim] and, for an activation other than ReLU,
+        its output sigma(Z)."""
         z = _check_2d(preact, "preact", self.exact)
         self.full.update(z)
-        # A converted copy is ours to overwrite.
-        self.neg.update(z.clamp_max_(0.0) if z.dtype != preact.dtype else z.clamp_max(0.0))
+        if activated is None and z.dtype != preact.dtype:
+            self.neg.update(z.clamp_max_(0.0))  # a converted copy is ours to overwrite
+        else:
+            self.neg.update(_residual(z, activated, self.exact))
 
     def value(self) -> float:
         """Negativity of all rows seen; 0 if they are all zero."""

@@ -129,8 +129,8 @@ def metric_pass(
         # layer's features instead of all of a chunk's layers.
         preacts, outputs = [None] * L, [None] * L
         for l, (pre, out) in enumerate(net.iter_layers(x)):
-            if l in negs:
-                negs[l].update(pre)
+            if l in negs:  # Z - sigma(Z) from the layer's own output: any activation
+                negs[l].update(pre, out)
             if last_pre is not None and l == nonlinear[-1]:
                 last_pre.update(pre, y, labels_checked=True)
             outs[l].update(out, y, labels_checked=True)
