@@ -32,6 +32,11 @@ def test_experiment_composes_and_builds(experiment, preset):
     cfg = compose_cfg(*overrides)
     with open_dict(cfg):
         hydra_node = cfg.pop("hydra")
+    if experiment == "theory_gd" and preset == "smoke":  # its mini-batches would not be gradient descent
+        from wdcollapse.errors import ConfigError
+        with pytest.raises(ConfigError, match="optim=gd"):
+            check_config(cfg)
+        return
     check_config(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert resolved["name"] == experiment
@@ -89,3 +94,22 @@ def test_sync_batchnorm_is_refused_on_the_cpu():
         check_config(cfg)
     cfg.trainer.sync_batchnorm = False
     check_config(cfg)
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["optim.lr=abc"], ["optim.lr='abc'", "a number"]),
+    (["optim.lr_drop_at=0.5", "optim.lr_drop_factor=-1"], ["optim.lr_drop_factor=-1", "> 0"]),
+    (["optim.warmup_epochs=-1"], ["optim.warmup_epochs=-1", ">= 0"]),
+    (["optim=gd", "data.batch_size=32"], ["data.batch_size=32", "optim=gd", "optim=sgd"]),
+    (["data.test_num_per_class=0"], ["data.test_num_per_class=0", ">= 1"]),
+    (["model.width=[3,4]"], ["model.width", "= 8 such integers"]),
+])
+def test_more_bad_settings_are_refused_with_what_to_do(overrides, words):
+    from wdcollapse.errors import ConfigError
+
+    cfg = compose_cfg(*overrides)
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    assert all(w in str(info.value) for w in words), str(info.value)

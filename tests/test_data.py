@@ -85,6 +85,25 @@ def test_unknown_dataset_lists_allowed_names(tmp_path):
     assert NUM_CLASSES == {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
 
 
+def test_a_data_root_that_cannot_be_written_says_so(tmp_path):
+    from wdcollapse.data.errors import DataNotFoundError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(DataNotFoundError, match="cannot be written there.*data.root"):
+        load_split("mnist", blocker / "data", train=True)
+
+
+def test_too_large_a_subset_names_the_smallest_class_and_the_setting():
+    from wdcollapse.data.tensors import class_balanced_subset
+
+    labels = torch.tensor([0] * 5 + [1] * 3 + [2] * 4)
+    with pytest.raises(ValueError, match=r"data.test_num_per_class=4 but class 1, the smallest, has only 3 test"):
+        class_balanced_subset(labels, 4, 3, seed=0, setting="data.test_num_per_class", split="test")
+    picked = class_balanced_subset(labels, 3, 3, seed=0)
+    assert torch.bincount(labels[picked]).tolist() == [3, 3, 3]
+
+
 # --- (b) corrupt / truncated raw files ----------------------------------------------------
 
 @pytest.mark.parametrize("fname, train, damage", [

@@ -31,3 +31,8 @@ def test_a_failed_atomic_write_keeps_the_previous_file(tmp_path):
             io.atomic_write_json(path, {"status": "finished"})
     assert json.loads(path.read_text()) == {"status": "running"}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left behind
+
+
+def test_atomic_writes_are_readable_by_others(tmp_path):
+    io.atomic_write_text(tmp_path / "summary.json", "{}")
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644

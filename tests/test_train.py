@@ -81,6 +81,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     run_train(out, *args)
     ref, resumed = read_metrics(tmp_path / "ref"), read_metrics(out)
     assert [r["epoch"] for r in resumed] == list(range(9))
+    ref_summary, summary = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", out))
+    assert summary["started"] < summary["updated"] and summary["wall_seconds"] > 0.5 * ref_summary["wall_seconds"]
     for key, value in ref[-1].items():
         assert resumed[-1][key] == (value if value is None or isinstance(value, bool)
                                     else pytest.approx(value, rel=1e-6, abs=1e-9)), key
@@ -140,7 +142,50 @@ def test_output_directory_under_a_file_is_reported(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     proc = run_train(blocker / "run", *TINY, "logger=none", check=False)
-    assert proc.returncode == 2 and "not a writable directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "cannot be created or written" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("arg", ["++hydra.run.dir={blocker}/sub", "hydra.run.dir=/proc/wdcollapse-test",
+                                 "+hydra.sweep.dir={blocker}/sweep"])
+def test_output_overrides_are_checked_by_creating_them(tmp_path, arg):
+    from wdcollapse.config import ConfigError, check_output_override
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot be created or written"):
+        check_output_override([arg.format(blocker=blocker)])
+    check_output_override([f"++hydra.run.dir={tmp_path}/fine"])
+    assert (tmp_path / "fine").is_dir()
+
+
+def test_a_run_directory_refuses_other_settings_but_not_other_speed_knobs(tmp_path):
+    out = tmp_path / "run"
+    run_train(out, *TINY, "logger=none")
+    before = (out / "metrics.jsonl").read_bytes()
+    proc = run_train(out, *TINY, "logger=none", "optim.lr=0.05", "seed=3", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "optim.lr: 0.01 -> 0.05" in proc.stderr and "seed: 0 -> 3" in proc.stderr and "resume=never" in proc.stderr
+    assert (out / "metrics.jsonl").read_bytes() == before
+    assert "lr: 0.01" in (out / "config.yaml").read_text()
+    proc = run_train(out, *TINY, "logger=none", "threads=2", "steps_per_call=1")  # same run, other speed
+    assert "skipping" in proc.stdout + proc.stderr
+    run_train(out, *TINY, "logger=none", "optim.lr=0.05", "resume=never")  # start over, on purpose
+    assert read_metrics(out)[-1]["lr"] == pytest.approx(0.05)
+
+
+def test_an_unreadable_checkpoint_stops_with_advice_and_keeps_the_metrics(tmp_path):
+    out = tmp_path / "run"
+    run_train(out, *TINY, "logger=none", "trainer.max_epochs=3")
+    summary = json.loads((out / "summary.json").read_text())
+    summary["status"] = "running"  # as if killed after the last checkpoint
+    (out / "summary.json").write_text(json.dumps(summary))
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
+    before = (out / "metrics.jsonl").read_bytes()
+    proc = run_train(out, *TINY, "logger=none", "trainer.max_epochs=3", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "last.ckpt cannot be read" in proc.stderr and "resume=never" in proc.stderr
+    assert (out / "metrics.jsonl").read_bytes() == before
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
 
 
 def test_linear_head_of_one_layer_is_allowed_with_a_warning(tmp_path):

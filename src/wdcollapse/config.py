@@ -1,7 +1,6 @@
 """Config checks that run before any work, and the resolvers the configs use."""
 from __future__ import annotations
 
-import os
 import tempfile
 import uuid
 import warnings
@@ -42,6 +41,14 @@ def _require(ok: bool, setting: str, value, allowed: str) -> None:
         raise ConfigError(f"{setting}={value!r} is not allowed: {allowed}")
 
 
+def _number(value, setting: str) -> float:
+    """float(value), or a ConfigError naming the setting (e.g. optim.lr=abc)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{setting}={value!r} is not allowed: a number") from None
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError for the first bad setting; warn about legal but unusual ones."""
     data, model, optim, trainer = cfg.data, cfg.model, cfg.optim, cfg.trainer
@@ -59,17 +66,31 @@ def check_config(cfg: DictConfig) -> None:
     _require(isinstance(model.linear_depth, int) and model.linear_depth >= 1,
              "model.linear_depth", model.linear_depth, "an integer >= 1 (the theory needs >= 2)")
     widths = model.width if OmegaConf.is_list(model.width) else [model.width]
-    _require(all(isinstance(w, int) and w >= 1 for w in widths), "model.width", model.width,
-             "an integer >= 1, or a list of nonlinear_depth + linear_depth - 1 such integers")
+    hidden = model.nonlinear_depth + model.linear_depth - 1
+    _require(all(isinstance(w, int) and w >= 1 for w in widths)
+             and (not OmegaConf.is_list(model.width) or len(widths) == hidden), "model.width", model.width,
+             f"an integer >= 1, or a list of nonlinear_depth + linear_depth - 1 = {hidden} such integers")
     _require(data.num_per_class is None or (isinstance(data.num_per_class, int) and data.num_per_class >= 1),
              "data.num_per_class", data.num_per_class, "null (the whole training set) or an integer >= 1")
+    test_per_class = data.get("test_num_per_class")
+    _require(test_per_class is None or (isinstance(test_per_class, int) and test_per_class >= 1),
+             "data.test_num_per_class", test_per_class, "null (the whole test set) or an integer >= 1")
     _require(data.batch_size is None or (isinstance(data.batch_size, int) and data.batch_size >= 1),
              "data.batch_size", data.batch_size, "null (full batch) or an integer >= 1")
-    _require(float(optim.lr) > 0, "optim.lr", optim.lr, "a number > 0")
-    _require(float(optim.weight_decay) >= 0, "optim.weight_decay", optim.weight_decay, "a number >= 0")
-    _require(float(optim.get("momentum", 0.0)) >= 0, "optim.momentum", optim.get("momentum"), "a number >= 0")
+    _require(optim.name != "gd" or data.batch_size is None, "data.batch_size", data.batch_size,
+             "null with optim=gd (full-batch gradient descent); for mini-batches use optim=sgd optim.momentum=0")
+    _require(_number(optim.lr, "optim.lr") > 0, "optim.lr", optim.lr, "a number > 0")
+    _require(_number(optim.weight_decay, "optim.weight_decay") >= 0, "optim.weight_decay", optim.weight_decay,
+             "a number >= 0")
+    _require(_number(optim.get("momentum", 0.0), "optim.momentum") >= 0, "optim.momentum", optim.get("momentum"),
+             "a number >= 0")
+    _require(_number(optim.get("warmup_epochs", 0), "optim.warmup_epochs") >= 0, "optim.warmup_epochs",
+             optim.get("warmup_epochs"), "a number of epochs >= 0")
     drop = optim.get("lr_drop_at")
-    _require(drop is None or 0 < float(drop) <= 1, "optim.lr_drop_at", drop, "null or a fraction in (0, 1]")
+    _require(drop is None or 0 < _number(drop, "optim.lr_drop_at") <= 1, "optim.lr_drop_at", drop,
+             "null or a fraction in (0, 1]")
+    _require(_number(optim.get("lr_drop_factor", 0.1), "optim.lr_drop_factor") > 0, "optim.lr_drop_factor",
+             optim.get("lr_drop_factor"), "a number > 0 (the learning rate is multiplied by it)")
     _require(isinstance(trainer.max_epochs, int) and trainer.max_epochs >= 1, "trainer.max_epochs",
              trainer.max_epochs, "an integer >= 1")
     _require(cfg.callbacks.metrics.schedule in SCHEDULES, "callbacks.metrics.schedule",
@@ -122,14 +143,55 @@ def nearest_existing_parent(path: Path) -> Path:
 
 def check_output_override(argv: list[str]) -> None:
     """Hydra creates its output directory before our code runs; check a `hydra.run.dir=` or
-    `hydra.sweep.dir=` override up front so an unwritable one gets a message, not a traceback."""
+    `hydra.sweep.dir=` override (also with + or ++) up front by creating it and a file in it,
+    so an unwritable one gets a message, not a traceback. (Permission bits alone do not tell:
+    root may "write" to /proc.)"""
     for arg in argv:
         for key in ("hydra.run.dir=", "hydra.sweep.dir="):
-            if arg.startswith(key):
-                target = Path(arg[len(key):])
-                parent = nearest_existing_parent(target)
-                if not os.access(parent, os.W_OK) or not parent.is_dir():
+            if arg.lstrip("+").startswith(key):
+                target = Path(arg.lstrip("+")[len(key):])
+                try:
+                    check_writable(target)
+                except ConfigError:
                     raise ConfigError(
-                        f"{key}{target} cannot be created: {parent} is not a writable directory; "
-                        "choose another output directory"
-                    )
+                        f"{key}{target} cannot be created or written (nearest existing folder: "
+                        f"{nearest_existing_parent(target)}); choose another output directory") from None
+
+
+# Settings a resumed run may change: where things are, how fast, how it is logged; not what is
+# trained or measured. (callbacks.metrics.exact changes the metrics' rounding only, ~1e-7.)
+RESUMABLE_CHANGES = ("resume", "threads", "compile", "channels_last", "steps_per_call", "logger", "paths",
+                     "data.root", "data.download", "data.image_folder", "data.eval_chunk", "trainer.accelerator",
+                     "trainer.log_every_n_steps", "callbacks.metrics.exact")
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        flat = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """'key: saved -> current' for every setting both configs hold that differs, apart from
+    RESUMABLE_CHANGES (settings added to the package since `saved` was written are not compared)."""
+    old, new = _flatten(saved), _flatten(current)
+    free = lambda key: any(key == p or key.startswith(p + ".") for p in RESUMABLE_CHANGES)  # noqa: E731
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old.keys() & new.keys())
+            if old[k] != new[k] and not free(k)]
+
+
+def check_same_run(cfg: DictConfig, saved_config: Path) -> None:
+    """Refuse to continue (or skip as done) the run saved in `saved_config`'s directory with
+    other settings: its checkpoint and metrics would be mixed with, or taken for, this run's."""
+    if not saved_config.is_file():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_config), resolve=False)
+    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
+    if changes:
+        shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+        raise ConfigError(
+            f"{saved_config.parent} holds a run with other settings ({shown}): rerun it with its own settings, "
+            "choose another hydra.run.dir, or pass resume=never to start it over with these")

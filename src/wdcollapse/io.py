@@ -30,6 +30,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the rest of a shared cluster
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

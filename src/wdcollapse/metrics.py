@@ -262,7 +262,7 @@ def _residual(z: torch.Tensor, activated: torch.Tensor | None, exact: bool = Tru
     a = _check_2d(activated, "activated", exact)
     if a.shape != z.shape:
         raise ValueError(f"activated has shape {tuple(a.shape)}, the pre-activations {tuple(z.shape)}")
-    return z - a
+    return torch.sub(z, a, out=a) if a.dtype != activated.dtype else z - a  # a converted copy is ours
 
 
 def negativity(preact: torch.Tensor, activated: torch.Tensor | None = None) -> float:

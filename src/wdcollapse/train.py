@@ -31,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from .callbacks import AtomicCheckpoint, Diverged, DivergenceGuard, MetricMonitor
-from .config import REPO_ROOT, ConfigError, check_config, check_output_override, check_writable, register_resolvers
+from .config import (REPO_ROOT, ConfigError, check_config, check_output_override, check_same_run, check_writable,
+                     register_resolvers)
 from .data.errors import DataCorruptError, DataNotFoundError
 from .io import atomic_write_json, atomic_write_text, keep_jsonl_rows, read_json, read_jsonl
 from .module import CollapseModule
@@ -47,7 +48,20 @@ CONF_DIR = str(REPO_ROOT / "conf")
 
 def completed_epochs(ckpt: Path) -> int:
     """Epochs finished when `ckpt` was written (it is saved at the end of an epoch)."""
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1
+    except Exception as e:  # truncated, not a checkpoint, another format: torch raises many kinds
+        raise ConfigError(
+            f"{ckpt} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "metrics.jsonl is kept as it is. Restore the file, or pass resume=never to start the run over"
+        ) from None
+
+
+def record_failure(out_dir: Path, error: BaseException) -> None:
+    """summary.json status `failed` with the error, and its traceback in error.txt (rank 0)."""
+    write_summary(out_dir, status="failed", error=f"{type(error).__name__}: {error}")
+    if launched_rank() == 0:
+        atomic_write_text(out_dir / "error.txt", "".join(traceback.format_exception(error)))
 
 
 def write_summary(out_dir: Path, **fields) -> dict:
@@ -132,32 +146,41 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     # and run directory: only rank 0 prepares the directory and writes config, summary and
     # error files (the metric callback and the checkpoint also write on rank 0 only).
     main_rank = launched_rank() == 0
-    previous = read_json(out_dir / "summary.json")
-    if main_rank and previous and previous.get("status") in TERMINAL and cfg.resume == "auto":
+    previous = read_json(out_dir / "summary.json") or {}
+    finished = previous.get("status") in TERMINAL
+    if main_rank and cfg.resume == "auto" and (finished or resume_checkpoint(cfg, out_dir)):
+        check_same_run(cfg, out_dir / "config.yaml")
+    if main_rank and finished and cfg.resume == "auto":
         log.info("%s already %s; skipping", out_dir, previous["status"])
         return previous
     if main_rank:
-        ckpt = prepare_run_dir(cfg, out_dir)
+        try:
+            ckpt = prepare_run_dir(cfg, out_dir)
+        except ConfigError as e:  # an unreadable checkpoint: the run is stuck until someone acts
+            write_summary(out_dir, status="failed", error=str(e))
+            raise
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     else:  # rank 0 has prepared the directory already; resume from the same checkpoint
         ckpt = resume_checkpoint(cfg, out_dir)
+    # A resumed run keeps its start time and adds to its time so far.
+    earlier_seconds = {k: previous.get(k) or 0.0 for k in ("wall_seconds", "metric_seconds")} if ckpt else {}
 
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), verbose=False)
-    datamodule = instantiate(cfg.data, steps_per_call=int(cfg.steps_per_call))
-    try:
-        datamodule.setup()
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    module = CollapseModule(instantiate(cfg.model), cfg.loss.name, cfg.loss.mse_reduction,
-                            optim=OmegaConf.to_container(cfg.optim, resolve=True),
-                            compile=bool(cfg.compile), channels_last=bool(cfg.channels_last))
-
     start = time.time()
-    write_summary(out_dir, status="running", name=cfg.name, seed=int(cfg.seed),
-                  num_train=datamodule.num_train, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     trainer = None
     try:
+        datamodule = instantiate(cfg.data, steps_per_call=int(cfg.steps_per_call))
+        try:
+            datamodule.setup()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        module = CollapseModule(instantiate(cfg.model), cfg.loss.name, cfg.loss.mse_reduction,
+                                optim=OmegaConf.to_container(cfg.optim, resolve=True),
+                                compile=bool(cfg.compile), channels_last=bool(cfg.channels_last))
+        started = previous.get("started") if ckpt else None
+        write_summary(out_dir, status="running", name=cfg.name, seed=int(cfg.seed), num_train=datamodule.num_train,
+                      started=started or time.strftime("%Y-%m-%dT%H:%M:%S"))
         trainer, monitor = build_trainer(cfg, out_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
         status, extra = "finished", {}
@@ -165,17 +188,16 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         log.warning("%s: %s", out_dir, e)
         status, extra = "diverged", {"diverged_epoch": e.epoch, "diverged_step": e.step}
     except BaseException as e:
-        write_summary(out_dir, status="failed", error=f"{type(e).__name__}: {e}")
-        if main_rank:
-            atomic_write_text(out_dir / "error.txt", traceback.format_exc())
+        record_failure(out_dir, e)
         raise
     finally:
         finish_loggers(trainer)
     rows = read_jsonl(out_dir / "metrics.jsonl")
     return write_summary(
         out_dir, status=status, epochs=rows[-1]["epoch"] if rows else 0,
-        final=rows[-1] if rows else {}, wall_seconds=round(time.time() - start, 2),
-        metric_seconds=round(monitor.metric_seconds, 2) if trainer else None, **extra,
+        final=rows[-1] if rows else {}, wall_seconds=round(earlier_seconds.get("wall_seconds", 0.0) + time.time() - start, 2),
+        metric_seconds=round(earlier_seconds.get("metric_seconds", 0.0) + monitor.metric_seconds, 2) if trainer else None,
+        **extra,
     )
 
 
@@ -213,7 +235,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     except Exception as e:
         if not multirun:
             raise
-        # One failed job must not end the sweep: it is recorded in its summary.json.
+        # One failed job must not end the sweep: run() recorded it in summary.json and error.txt.
         print(f"error: run {out_dir} failed: {type(e).__name__}: {e} (see error.txt)", file=sys.stderr)
 
 

@@ -65,6 +65,11 @@ def _load_idx(name: str, root, train: bool, download: bool):
             except (OSError, RuntimeError) as download_error:  # torchvision wraps URLErrors
                 raise DataNotFoundError(
                     f"{problem} nor downloaded ({download_error}). {e}") from download_error
+        except OSError as e:  # (after DataNotFoundError, an OSError too) e.g. data.root under a file, or in a folder we may not write to
+            raise DataNotFoundError(
+                f"{name}: raw files missing in {raw}, and they cannot be written there ({e.strerror}: "
+                f"{e.filename}); point data.root (or WDCOLLAPSE_DATA_DIR) at a writable folder, or at one "
+                f"that holds {name}'s raw files") from None
     prefix = "train" if train else "t10k"
     for kind in ("images-idx3", "labels-idx1"):
         fname = f"{prefix}-{kind}-ubyte"

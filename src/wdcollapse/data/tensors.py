@@ -10,17 +10,20 @@ import torch
 from .sources import MEAN_STD, NUM_CLASSES, load_split
 
 
-def class_balanced_subset(labels: torch.Tensor, num_per_class: int, num_classes: int, seed: int) -> torch.Tensor:
-    """Indices of `num_per_class` samples of each class, drawn by `seed`, in ascending order."""
+def class_balanced_subset(labels: torch.Tensor, num_per_class: int, num_classes: int, seed: int,
+                          setting: str = "data.num_per_class", split: str = "training") -> torch.Tensor:
+    """Indices of `num_per_class` samples of each class, drawn by `seed`, in ascending order.
+    `setting` and `split` name what the error message is about."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    smallest = int(counts.argmin())
+    if num_per_class > counts[smallest]:
+        raise ValueError(
+            f"{setting}={num_per_class} but class {smallest}, the smallest, has only {int(counts[smallest])} "
+            f"{split} samples; use at most {int(counts[smallest])} (or null for the whole set)")
     g = torch.Generator().manual_seed(seed)
     picked = []
     for c in range(num_classes):
         idx = torch.nonzero(labels == c).flatten()
-        if num_per_class > len(idx):
-            raise ValueError(
-                f"data.num_per_class={num_per_class} but class {c} has only {len(idx)} training "
-                f"samples; use at most {len(idx)} (or null for the whole set)"
-            )
         picked.append(idx[torch.randperm(len(idx), generator=g)[:num_per_class]])
     return torch.cat(picked).sort().values
 
@@ -150,7 +153,8 @@ class TensorDataModule(pl.LightningDataModule):
         self.train_x, self.train_y = x.contiguous(), y
         x, y = self._load(train=False)
         if self.test_num_per_class is not None:
-            keep = class_balanced_subset(y, self.test_num_per_class, self.num_classes, self.subset_seed)
+            keep = class_balanced_subset(y, self.test_num_per_class, self.num_classes, self.subset_seed,
+                                         setting="data.test_num_per_class", split="test")
             x, y = x[keep], y[keep]
         self.test_x, self.test_y = x.contiguous(), y
 
