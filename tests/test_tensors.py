@@ -11,7 +11,7 @@ def test_class_balanced_subset_is_balanced_seeded_and_checked():
     assert torch.equal(idx, class_balanced_subset(labels, 20, 7, seed=3))
     assert not torch.equal(idx, class_balanced_subset(labels, 20, 7, seed=4))
     assert torch.equal(idx, idx.sort().values) and len(set(idx.tolist())) == 140
-    with pytest.raises(ValueError, match="num_per_class=200 but class 0 has only 143 "):
+    with pytest.raises(ValueError, match="num_per_class=200 but class 6, the smallest, has only 142 training"):
         class_balanced_subset(labels, 200, 7, seed=0)
 
 
