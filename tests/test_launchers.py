@@ -55,3 +55,4 @@ def test_a_bad_or_diverging_job_costs_that_job_only(tmp_path):
     assert sorted(s["status"] for s in status.values()) == ["diverged", "failed", "failed", "finished"]
     assert all("model.width=0" in e for e, st in by_setting.items() if st == "failed")
     assert "model.width=0 is not allowed" in err
+    assert f"sweep {tmp_path}/sweep: 4 jobs: 1 diverged, 2 failed, 1 finished (see their summary.json" in err

@@ -171,6 +171,8 @@ def test_nc2_inf_for_rank_deficient_means():
     assert nc2(z, y, 3) == float("inf")  # d = 2 < K = 3
     z3 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])[y]
     assert nc2(z3, y, 3) == float("inf")  # zero class mean
+    zero = torch.zeros(len(y), 4)
+    assert math.isnan(nc2(zero, y, 3)) and math.isnan(nc1(zero, y, 3))  # 0/0 both
 
 
 def test_nc3_one_when_features_are_weight_rows():

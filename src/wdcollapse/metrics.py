@@ -133,6 +133,8 @@ def _nc1_from_stats(counts, means, m2) -> float:
 
 def _nc2_from_means(means: torch.Tensor) -> float:
     s = torch.linalg.svdvals(means)
+    if s.numel() == 0 or float(s[0]) == 0.0:  # all means zero: 0/0, as NC1 of such features
+        return float("nan")
     # With d < K the d x K mean matrix has s_K = 0 (svdvals returns only d values).
     if s.numel() < means.shape[0] or float(s[-1]) == 0.0:
         return float("inf")
@@ -165,8 +167,8 @@ def nc1(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float
 
 def nc2(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
     """NC2 = s_1 / s_K, the condition number of the d x K matrix of uncentred
-    class means [mu_1, ..., mu_K]; inf if s_K = 0. Raises ValueError if a class
-    is empty."""
+    class means [mu_1, ..., mu_K]; inf if s_K = 0, nan if every mean is 0 (0/0, as NC1).
+    Raises ValueError if a class is empty."""
     z, y = _check_inputs(features, labels, num_classes)
     counts, means, _ = _class_stats(z, y, num_classes)
     _require_all_classes(counts)

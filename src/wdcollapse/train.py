@@ -19,12 +19,14 @@ import os
 import sys
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -209,6 +211,19 @@ def launches_ddp_processes(cfg: DictConfig) -> bool:
     devices = trainer.get("devices", 1)
     several = str(devices) not in ("1", "[0]") and devices != [0]
     return strategy.startswith("ddp") and several and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ
+
+
+class SweepSummary(Callback):
+    """After a multirun, one line with how its jobs ended (a failed job does not change the
+    exit code: the other jobs' results stand), e.g. `4 jobs: 2 finished, 1 diverged, 1 failed`."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        statuses = Counter(read_json(job / "summary.json", default={}).get("status", "no summary")
+                           for job in sorted(sweep_dir.iterdir()) if job.is_dir()) if sweep_dir.is_dir() else Counter()
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        hint = " (see their summary.json and error.txt)" if statuses["failed"] else ""
+        print(f"sweep {sweep_dir}: {sum(statuses.values())} jobs: {counts or 'none ran'}{hint}", file=sys.stderr)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
