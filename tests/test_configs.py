@@ -113,3 +113,15 @@ def test_more_bad_settings_are_refused_with_what_to_do(overrides, words):
     with pytest.raises(ConfigError) as info:
         check_config(cfg)
     assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_unknown_config_group_options_are_named_with_the_choices():
+    from wdcollapse.config import check_group_choices
+    from wdcollapse.errors import ConfigError
+
+    check_group_choices(["data=mnist", "model=mlp,resnet20", "+preset=cpu", "hydra/launcher=joblib", "seed=1,2",
+                         "model=choice(mlp,resnet20)", "experiment=glob(linear_*)"])
+    with pytest.raises(ConfigError, match=r"model='vit' is not allowed: one of \['mlp', 'resnet20'\]"):
+        check_group_choices(["-m", "model=mlp,vit"])
+    with pytest.raises(ConfigError, match="experiment='nope'"):
+        check_group_choices(["+experiment=nope"])

@@ -113,6 +113,7 @@ def test_divergence_is_recorded_and_exits_cleanly(tmp_path):
     ("optim.name=lbfgs", ["optim.name", "lbfgs", "sgd"]),
     ("model.activation=tanh", ["model.activation", "tanh", "relu"]),
     ("data.num_per_class=7000", ["num_per_class=7000", "has only"]),
+    ("data=imagenet", ["data='imagenet'", "'fashion_mnist'", "conf/data/"]),
 ])
 def test_bad_settings_fail_early_with_a_clear_message(tmp_path, override, words):
     proc = run_train(tmp_path / "run", *TINY, "logger=none", override, check=False)

@@ -141,6 +141,22 @@ def nearest_existing_parent(path: Path) -> Path:
     return path
 
 
+# Config groups whose options are all files under conf/ (hydra/launcher also has plugins').
+OWN_GROUPS = ("data", "model", "optim", "preset", "experiment", "logger", "trainer", "callbacks")
+
+
+def check_group_choices(argv: list[str], conf_dir: Path = REPO_ROOT / "conf") -> None:
+    """`data=foo` (also in a sweep, `model=mlp,foo`): a one-line error listing the options
+    instead of Hydra's traceback-style report."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if not sep or key not in OWN_GROUPS or value in ("", "null") or any(c in value for c in "()[]{}*$"):
+            continue  # Hydra's sweep functions (choice(...), glob(*)) and interpolations: its own check
+        options = sorted(f.stem for f in (conf_dir / key).glob("*.yaml"))
+        for choice in value.split(","):
+            _require(choice in options, key, choice, f"one of {options} (files in conf/{key}/)")
+
+
 def check_output_override(argv: list[str]) -> None:
     """Hydra creates its output directory before our code runs; check a `hydra.run.dir=` or
     `hydra.sweep.dir=` override (also with + or ++) up front by creating it and a file in it,

@@ -33,8 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from .callbacks import AtomicCheckpoint, Diverged, DivergenceGuard, MetricMonitor
-from .config import (REPO_ROOT, ConfigError, check_config, check_output_override, check_same_run, check_writable,
-                     register_resolvers)
+from .config import (REPO_ROOT, ConfigError, check_config, check_group_choices, check_output_override, check_same_run,
+                     check_writable, register_resolvers)
 from .data.errors import DataCorruptError, DataNotFoundError
 from .io import atomic_write_json, atomic_write_text, keep_jsonl_rows, read_json, read_jsonl
 from .module import CollapseModule
@@ -257,6 +257,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     register_resolvers()
     try:
+        check_group_choices(sys.argv[1:])
         check_output_override(sys.argv[1:])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
