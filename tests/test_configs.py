@@ -1,4 +1,5 @@
 """Every experiment config composes, resolves, passes the config check and builds its model."""
+import re
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from wdcollapse.config import check_config, register_resolvers
+from wdcollapse.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -18,6 +20,21 @@ def compose_cfg(*overrides):
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=["logger=none", *overrides], return_hydra_config=True)
+
+
+def job_cfg(*overrides):
+    """A job's config as `train.run` gets it: without the hydra node."""
+    cfg = compose_cfg(*overrides)
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    return cfg
+
+
+def refusal(cfg) -> str:
+    """The message of the ConfigError check_config must raise for `cfg`."""
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    return str(info.value)
 
 
 def test_there_are_experiments():
@@ -33,9 +50,7 @@ def test_experiment_composes_and_builds(experiment, preset):
     with open_dict(cfg):
         hydra_node = cfg.pop("hydra")
     if experiment == "theory_gd" and preset == "smoke":  # its mini-batches would not be gradient descent
-        from wdcollapse.errors import ConfigError
-        with pytest.raises(ConfigError, match="optim=gd"):
-            check_config(cfg)
+        assert "optim=gd" in refusal(cfg)
         return
     check_config(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -71,27 +86,17 @@ def test_slurm_launcher_composes_with_documented_job_parameters():
     (["steps_per_call=0"], ["steps_per_call=0", ">= 1"]),
 ])
 def test_settings_that_manual_step_groups_cannot_honour_are_refused(overrides, words):
-    from wdcollapse.errors import ConfigError
-
-    cfg = compose_cfg(*overrides)
-    with open_dict(cfg):
-        cfg.pop("hydra")
-    with pytest.raises(ConfigError) as info:
-        check_config(cfg)
-    assert all(w in str(info.value) for w in words), str(info.value)
+    cfg = job_cfg(*overrides)
+    message = refusal(cfg)
+    assert all(w in message for w in words), message
     cfg.steps_per_call = 1
     if "steps_per_call=16" in words:
         check_config(cfg)  # fine with one step per call
 
 
 def test_sync_batchnorm_is_refused_on_the_cpu():
-    from wdcollapse.errors import ConfigError
-
-    cfg = compose_cfg("model=resnet20", "trainer.sync_batchnorm=true", "trainer.accelerator=cpu")
-    with open_dict(cfg):
-        cfg.pop("hydra")
-    with pytest.raises(ConfigError, match="trainer.sync_batchnorm.*GPUs only"):
-        check_config(cfg)
+    cfg = job_cfg("model=resnet20", "trainer.sync_batchnorm=true", "trainer.accelerator=cpu")
+    assert re.search("trainer.sync_batchnorm.*GPUs only", refusal(cfg))
     cfg.trainer.sync_batchnorm = False
     check_config(cfg)
 
@@ -105,19 +110,12 @@ def test_sync_batchnorm_is_refused_on_the_cpu():
     (["model.width=[3,4]"], ["model.width", "= 8 such integers"]),
 ])
 def test_more_bad_settings_are_refused_with_what_to_do(overrides, words):
-    from wdcollapse.errors import ConfigError
-
-    cfg = compose_cfg(*overrides)
-    with open_dict(cfg):
-        cfg.pop("hydra")
-    with pytest.raises(ConfigError) as info:
-        check_config(cfg)
-    assert all(w in str(info.value) for w in words), str(info.value)
+    message = refusal(job_cfg(*overrides))
+    assert all(w in message for w in words), message
 
 
 def test_unknown_config_group_options_are_named_with_the_choices():
     from wdcollapse.config import check_group_choices
-    from wdcollapse.errors import ConfigError
 
     check_group_choices(["data=mnist", "model=mlp,resnet20", "+preset=cpu", "hydra/launcher=joblib", "seed=1,2",
                          "model=choice(mlp,resnet20)", "experiment=glob(linear_*)"])

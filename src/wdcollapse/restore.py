@@ -14,8 +14,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .config import register_resolvers
-
 
 def restore(run_dir: str | Path, checkpoint: str | Path | None = None,
             ) -> tuple[torch.nn.Module, object, DictConfig]:
@@ -27,7 +25,6 @@ def restore(run_dir: str | Path, checkpoint: str | Path | None = None,
     for path, what in ((config, "config.yaml"), (ckpt, "checkpoint")):
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run directory with a {what}")
-    register_resolvers()  # a config written before resolving (older runs) may still use them
     cfg = OmegaConf.load(config)
     data = instantiate(cfg.data)
     data.setup()

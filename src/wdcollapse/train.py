@@ -159,13 +159,12 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         try:
             ckpt = prepare_run_dir(cfg, out_dir)
         except ConfigError as e:  # an unreadable checkpoint: the run is stuck until someone acts
-            write_summary(out_dir, status="failed", error=str(e))
+            record_failure(out_dir, e)
             raise
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     else:  # rank 0 has prepared the directory already; resume from the same checkpoint
         ckpt = resume_checkpoint(cfg, out_dir)
-    # A resumed run keeps its start time and adds to its time so far.
-    earlier_seconds = {k: previous.get(k) or 0.0 for k in ("wall_seconds", "metric_seconds")} if ckpt else {}
+    resumed = previous if ckpt else {}  # a resumed run keeps its start time and adds to its seconds
 
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), verbose=False)
@@ -180,9 +179,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         module = CollapseModule(instantiate(cfg.model), cfg.loss.name, cfg.loss.mse_reduction,
                                 optim=OmegaConf.to_container(cfg.optim, resolve=True),
                                 compile=bool(cfg.compile), channels_last=bool(cfg.channels_last))
-        started = previous.get("started") if ckpt else None
         write_summary(out_dir, status="running", name=cfg.name, seed=int(cfg.seed), num_train=datamodule.num_train,
-                      started=started or time.strftime("%Y-%m-%dT%H:%M:%S"))
+                      started=resumed.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S"))
         trainer, monitor = build_trainer(cfg, out_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
         status, extra = "finished", {}
@@ -197,8 +195,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     rows = read_jsonl(out_dir / "metrics.jsonl")
     return write_summary(
         out_dir, status=status, epochs=rows[-1]["epoch"] if rows else 0,
-        final=rows[-1] if rows else {}, wall_seconds=round(earlier_seconds.get("wall_seconds", 0.0) + time.time() - start, 2),
-        metric_seconds=round(earlier_seconds.get("metric_seconds", 0.0) + monitor.metric_seconds, 2) if trainer else None,
+        final=rows[-1] if rows else {}, wall_seconds=round((resumed.get("wall_seconds") or 0.0) + time.time() - start, 2),
+        metric_seconds=round((resumed.get("metric_seconds") or 0.0) + monitor.metric_seconds, 2) if trainer else None,
         **extra,
     )
 
@@ -219,8 +217,8 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        statuses = Counter(read_json(job / "summary.json", default={}).get("status", "no summary")
-                           for job in sorted(sweep_dir.iterdir()) if job.is_dir()) if sweep_dir.is_dir() else Counter()
+        jobs = [job for job in sorted(sweep_dir.iterdir()) if job.is_dir()] if sweep_dir.is_dir() else []
+        statuses = Counter(read_json(job / "summary.json", default={}).get("status", "no summary") for job in jobs)
         counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
         hint = " (see their summary.json and error.txt)" if statuses["failed"] else ""
         print(f"sweep {sweep_dir}: {sum(statuses.values())} jobs: {counts or 'none ran'}{hint}", file=sys.stderr)
