@@ -74,17 +74,28 @@ class Rounds(pl.Callback):
         return float(statistics.median(a / b for a, b in zip(self.times[num], self.times[den])))
 
 
-def metric_pass_timed(exact: bool) -> Callable:
+def metric_pass_timed(exact: bool, negativity: bool = True) -> Callable:
     """A pass for `Rounds`: one metric pass over the training set (eval mode), as the callback runs it."""
     from wdcollapse.probe import metric_pass
 
     def run(trainer, pl_module) -> None:
         data, net = trainer.datamodule, pl_module.model
         net.eval()
-        metric_pass(net, data.eval_batches("train"), data.num_classes, exact=exact)
+        metric_pass(net, data.eval_batches("train"), data.num_classes, exact=exact, negativity=negativity)
         net.train()
 
     return run
+
+
+def forward_timed(trainer, pl_module) -> None:
+    """A pass for `Rounds`: the network's forward pass alone over the training set, in the
+    metric pass's chunks (eval mode): what any metric pass costs at least."""
+    data, net = trainer.datamodule, pl_module.model
+    net.eval()
+    with torch.no_grad():
+        for x, _ in data.eval_batches("train"):
+            net(x)
+    net.train()
 
 
 def machine() -> dict:

@@ -63,3 +63,17 @@ def test_negativity_row_follows_the_models_activation():
         assert row[f"negativity/layer_{l + 1}"] == pytest.approx(expected, rel=1e-6)
         # not ReLU's min(Z, 0), which is 40% larger here
         assert abs(row[f"negativity/layer_{l + 1}"] - metrics.negativity(trace.preacts[l])) > 0.05
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_metric_pass_without_negativity_leaves_only_its_keys_out(exact):
+    torch.manual_seed(0)
+    net = MLP((1, 6, 6), 5, nonlinear_depth=3, linear_depth=2, width=24).eval()
+    x, y = torch.randn(200, 1, 6, 6), torch.arange(200) % 5
+    batches = [(x[:90], y[:90]), (x[90:], y[90:])]
+    full, full_grams = metric_pass(net, batches, 5, exact=exact)
+    row, grams = metric_pass(net, batches, 5, exact=exact, negativity=False)
+    negativity_keys = {f"negativity/layer_{l}" for l in (1, 2, 3)}
+    assert negativity_keys <= set(full)
+    assert row == {k: v for k, v in full.items() if k not in negativity_keys}
+    assert grams == full_grams

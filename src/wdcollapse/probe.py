@@ -86,6 +86,7 @@ def metric_pass(
     observers: Iterable = (),
     exact: bool = True,
     reduce: Callable[[object], list] | None = None,
+    negativity: bool = True,
 ) -> tuple[dict[str, float], dict[str, list]]:
     """Returns (metrics row, class-mean Gram matrices) for the layers l = 1..L.
 
@@ -105,6 +106,9 @@ def metric_pass(
     states are merged in that order before the metrics are finalised, so every process gets
     the same row, equal to one pass over all the data up to float rounding. Observers then
     need `merge(other)` (folding in another process's observer).
+
+    `negativity=False` leaves out the negativity keys and their two Gram matrices per
+    activated layer (on the CPU the largest cost after the forward pass itself).
     """
     L = net.num_layers
     weights = [w.detach() for w in net.weights]
@@ -114,7 +118,8 @@ def metric_pass(
         for l in range(L)
     ]
     nonlinear = [l for l in range(L) if not net.is_linear[l]]
-    negs = {l: metrics.NegativityAccumulator(weights[l].shape[0], exact=exact) for l in nonlinear}
+    negs = {l: metrics.NegativityAccumulator(weights[l].shape[0], exact=exact)
+            for l in nonlinear if negativity}
     # Class means of the last activated layer's pre-activation: the first Gram of the paper's
     # figure is taken before the last ReLU.
     last_pre = metrics.NCAccumulator(num_classes, exact=exact) if nonlinear else None
