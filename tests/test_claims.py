@@ -29,6 +29,14 @@ def test_claim1_passes_for_exponential_linear_balancing_and_fails_without_it():
     result = claims.claim1_linear_head_balances([good], first_layer=1)
     assert result["passed"] is True
     assert result["evidence"]["mean"]["linear_log_fit_r2_min"] == pytest.approx(1.0)
+    assert result["evidence"]["mean"]["linear_log_slope_max"] == pytest.approx(-0.05)
+    flat = claims.claim1_linear_head_balances([fake_run(4, 3, balancing_rows(4, 3, 0.0, 0.5))])
+    assert flat["passed"] is False and flat["evidence"]["mean"]["linear_log_slope_max"] == pytest.approx(0.0)
+    # a pair that reaches exactly 0 (no log): its fall is unbounded, the fit uses the positive values
+    zero = balancing_rows(4, 3, linear_rate=0.05, nonlinear_value=0.5)
+    zero[-1]["balancedness/layer_6"] = 0.0
+    assert claims.claim1_linear_head_balances([fake_run(4, 3, zero)])["evidence"]["per_seed"][0][
+        "linear_fall_min"] == pytest.approx(math.exp(0.05 * 100))
     slow = fake_run(4, 3, balancing_rows(4, 3, linear_rate=0.005, nonlinear_value=0.5))
     assert claims.claim1_linear_head_balances([slow])["passed"] is False
     no_gap = fake_run(4, 3, balancing_rows(4, 3, linear_rate=0.05, nonlinear_value=0.02))

@@ -8,6 +8,7 @@ import numpy as np
 
 from .runs import (Run, by_lr_and_nonlinear_depth, by_weight_decay_and_linear_depth, gram_keys, linear_depth_point,
                    nonlinear_depth_point)
+from .theory import fit_rate
 
 # Thresholds of the rules, in one place.
 LINEAR_BALANCED = 0.1        # claim 1: final balancedness of every linear-head pair below this
@@ -47,15 +48,6 @@ def _ok(runs: list[Run]) -> list[Run]:
     return [r for r in runs if r.status == "finished" and r.history]
 
 
-def log_linear_fit(epochs, values) -> tuple[float, float]:
-    """Slope of log(value) against epoch, and the R^2 of that straight line."""
-    x, y = np.asarray(epochs, dtype=float), np.log(np.asarray(values, dtype=float))
-    slope, intercept = np.polyfit(x, y, 1)
-    residual = y - (slope * x + intercept)
-    total = ((y - y.mean()) ** 2).sum()
-    return float(slope), float(1 - (residual ** 2).sum() / total) if total > 0 else float("nan")
-
-
 def claim1_linear_head_balances(runs: list[Run], first_layer: int = 1) -> dict:
     statement = ("Linear-head layers become balanced: their balancedness falls (exponentially) during "
                  "training, while the non-linear layers stay clearly less balanced.")
@@ -77,11 +69,12 @@ def claim1_linear_head_balances(runs: list[Run], first_layer: int = 1) -> dict:
         falls, slopes, r2s = [], [], []
         for l in linear_pairs:
             epochs, values = run.series(f"balancedness/layer_{l}")
-            falls.append(max(values) / values[-1])
+            falls.append(max(values) / values[-1] if values[-1] > 0 else np.inf)
             half = len(epochs) // 2
-            slope, r2 = log_linear_fit(epochs[half:], values[half:]) if len(epochs) - half >= 3 else (np.nan, np.nan)
-            slopes.append(slope)
-            r2s.append(r2)
+            fit = fit_rate(epochs[half:], values[half:])  # log(value) against epoch
+            enough = fit["points"] >= 3
+            slopes.append(fit["log_rate"] if enough else np.nan)
+            r2s.append(fit["r2"] if enough else np.nan)
         per_seed.append({
             "linear_final_max": max(run.final[f"balancedness/layer_{l}"] for l in linear_pairs),
             "linear_fall_min": min(falls),
