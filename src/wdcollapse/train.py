@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import sys
 import time
 import traceback
@@ -107,13 +108,22 @@ def prepare_run_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
     return ckpt
 
 
-def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[pl.Trainer, MetricMonitor]:
+def logger_kwargs(logger_cfg: DictConfig, wandb_id: str | None) -> dict:
+    """W&B's run id for an online WandbLogger without one: the run directory's, so that a
+    resumed run continues its W&B run. Not offline: W&B cannot resume offline runs, and
+    `wandb sync` of two offline runs with one id keeps only one of them."""
+    offline = logger_cfg.get("offline", False) or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
+    wandb = str(logger_cfg.get("_target_", "")).endswith("WandbLogger")
+    return {"id": wandb_id} if wandb and wandb_id and logger_cfg.get("id") is None and not offline else {}
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path, wandb_id: str | None = None) -> tuple[pl.Trainer, MetricMonitor]:
     monitor = instantiate(cfg.callbacks.metrics, out_dir=str(out_dir))
     # The guard first: a diverged epoch ends before the metric pass sees its weights.
     callbacks = [DivergenceGuard(), monitor, AtomicCheckpoint(out_dir / "checkpoints", cfg.callbacks.checkpoint_every_n_epochs)]
     if cfg.callbacks.get("theory_gd") is not None:  # experiment=theory_gd: Theorem 4.4's setting
         callbacks.insert(2, instantiate(cfg.callbacks.theory_gd, out_dir=str(out_dir)))
-    loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else []
+    loggers = [instantiate(c, **logger_kwargs(c, wandb_id)) for c in cfg.logger.values()] if cfg.logger else []
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer = pl.Trainer(
@@ -165,6 +175,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     else:  # rank 0 has prepared the directory already; resume from the same checkpoint
         ckpt = resume_checkpoint(cfg, out_dir)
     resumed = previous if ckpt else {}  # a resumed run keeps its start time and adds to its seconds
+    wandb_id = resumed.get("wandb_id") or secrets.token_hex(4)  # ... and its W&B run (when online)
 
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), verbose=False)
@@ -180,8 +191,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                                 optim=OmegaConf.to_container(cfg.optim, resolve=True),
                                 compile=bool(cfg.compile), channels_last=bool(cfg.channels_last))
         write_summary(out_dir, status="running", name=cfg.name, seed=int(cfg.seed), num_train=datamodule.num_train,
-                      started=resumed.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S"))
-        trainer, monitor = build_trainer(cfg, out_dir)
+                      started=resumed.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S"), wandb_id=wandb_id)
+        trainer, monitor = build_trainer(cfg, out_dir, wandb_id)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
         status, extra = "finished", {}
     except Diverged as e:
