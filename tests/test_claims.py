@@ -95,3 +95,23 @@ def test_report_and_figures_survive_diverged_and_missing_runs(tmp_path):
     assert report["runs"]["mlp_mnist"]["diverged"] == 1 and report["runs"]["mlp_mnist"]["expected"] == 3
     assert report["claims"][0]["evidence"]["runs"] == 1  # only the finished run decides a claim
     assert "seed=1" in (tmp_path / "REPORT.md").read_text()
+
+
+def test_report_settings_list_every_value_a_sweep_used_and_the_figures_open_architecture():
+    from types import SimpleNamespace
+
+    from wdcollapse.report import settings_rows
+
+    runs = []
+    for depth, momentum in ((4, 0.9), (8, 0.0)):
+        run = fake_run(depth, 3, [{"epoch": 0}], lr=0.001)
+        run.config["optim"].update(momentum=momentum, lr_drop_at=None)
+        runs.append(run)
+    rows = {key: (paper, ours) for key, paper, ours in settings_rows(
+        SimpleNamespace(experiment="nonlinear_depth_mnist"), runs)}
+    assert rows["optim.momentum"] == ("not stated (ASSUMPTION)", "0.0, 0.9")  # both, not the first run's
+    assert rows["model.linear_depth"] == ("not stated (ASSUMPTION)", "3")     # this figure's open architecture
+    assert rows["optim.lr_drop_at"][0].startswith("0.8 (reported")
+    assert rows["optim.weight_decay"][0] == "0.016 / L"
+    mlp = {key for key, _, _ in settings_rows(SimpleNamespace(experiment="mlp_mnist"), runs)}
+    assert "model.linear_depth" not in mlp  # stated for the MLP figure

@@ -123,3 +123,17 @@ def test_unknown_config_group_options_are_named_with_the_choices():
         check_group_choices(["-m", "model=mlp,vit"])
     with pytest.raises(ConfigError, match="experiment='nope'"):
         check_group_choices(["+experiment=nope"])
+
+
+def test_every_config_the_readme_assumption_table_names_marks_its_assumptions():
+    readme = (CONF.parent / "README.md").read_text()
+    table = readme[readme.index("## Assumptions"):readme.index("## Layout")]
+    cited = set(re.findall(r"`((?:conf|src)/[^`]+)`", table))
+    assert len(cited) >= 8
+    for pattern in sorted(cited):
+        files = sorted(CONF.parent.glob(pattern))
+        assert files, f"README names {pattern}, which does not exist"
+        for path in files:
+            if path.suffix == ".yaml" and path.name != "mlp_mnist.yaml":  # the MLP figure's settings are stated
+                text = path.read_text()
+                assert "ASSUMPTION" in text or "REDUCTION" in text, f"{path} marks no assumption"
