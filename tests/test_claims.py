@@ -30,13 +30,20 @@ def test_claim1_passes_for_exponential_linear_balancing_and_fails_without_it():
     assert result["passed"] is True
     assert result["evidence"]["mean"]["linear_log_fit_r2_min"] == pytest.approx(1.0)
     assert result["evidence"]["mean"]["linear_log_slope_max"] == pytest.approx(-0.05)
-    flat = claims.claim1_linear_head_balances([fake_run(4, 3, balancing_rows(4, 3, 0.0, 0.5))])
-    assert flat["passed"] is False and flat["evidence"]["mean"]["linear_log_slope_max"] == pytest.approx(0.0)
-    # a pair that reaches exactly 0 (no log): its fall is unbounded, the fit uses the positive values
+    # a seed whose linear pairs stopped falling (flat at a balanced 0.05) fails the claim beside a clean one
+    flat = balancing_rows(4, 3, linear_rate=0.05, nonlinear_value=0.5)
+    for row in flat[len(flat) // 2:]:
+        row.update({f"balancedness/layer_{l}": 0.05 for l in (5, 6)})
+    two = claims.claim1_linear_head_balances([good, fake_run(4, 3, flat)])
+    assert two["passed"] is False and math.isnan(two["evidence"]["worst_seed"]["linear_log_fit_r2_min"])
+    # a pair balanced to exactly 0 (no log) neither raises nor lets the other pair's 2x fall pass
     zero = balancing_rows(4, 3, linear_rate=0.05, nonlinear_value=0.5)
+    for row in zero:
+        row["balancedness/layer_5"] = 2.0 * math.exp(-0.007 * row["epoch"])  # 2x over 100 epochs
     zero[-1]["balancedness/layer_6"] = 0.0
-    assert claims.claim1_linear_head_balances([fake_run(4, 3, zero)])["evidence"]["per_seed"][0][
-        "linear_fall_min"] == pytest.approx(math.exp(0.05 * 100))
+    result = claims.claim1_linear_head_balances([good, fake_run(4, 3, zero)])
+    assert result["passed"] is False
+    assert result["evidence"]["worst_seed"]["linear_fall_min"] == pytest.approx(math.exp(0.7))
     slow = fake_run(4, 3, balancing_rows(4, 3, linear_rate=0.005, nonlinear_value=0.5))
     assert claims.claim1_linear_head_balances([slow])["passed"] is False
     no_gap = fake_run(4, 3, balancing_rows(4, 3, linear_rate=0.05, nonlinear_value=0.02))
@@ -109,9 +116,16 @@ def test_report_settings_list_every_value_a_sweep_used_and_the_figures_open_arch
         runs.append(run)
     rows = {key: (paper, ours) for key, paper, ours in settings_rows(
         SimpleNamespace(experiment="nonlinear_depth_mnist"), runs)}
-    assert rows["optim.momentum"] == ("not stated (ASSUMPTION)", "0.0, 0.9")  # both, not the first run's
+    assert rows["optim.momentum"] == ("not stated (ASSUMPTION)", "0, 0.9")  # both, not the first run's
     assert rows["model.linear_depth"] == ("not stated (ASSUMPTION)", "3")     # this figure's open architecture
     assert rows["optim.lr_drop_at"][0].startswith("0.8 (reported")
     assert rows["optim.weight_decay"][0] == "0.016 / L"
     mlp = {key for key, _, _ in settings_rows(SimpleNamespace(experiment="mlp_mnist"), runs)}
     assert "model.linear_depth" not in mlp  # stated for the MLP figure
+    for run, n, lr in zip(runs, (None, 500), (0.002, 0.0005)):
+        run.config["data"] = {"num_per_class": n}
+        run.config["optim"]["lr"] = lr
+    rows = {key: (paper, ours) for key, paper, ours in settings_rows(SimpleNamespace(experiment="theory_gd"), runs)}
+    assert rows["data.num_per_class"][1] == "500, full training set"
+    assert rows["optim.lr"][1] == "0.0005, 0.002"  # numeric order
+    assert all(paper.startswith("n/a") for paper, _ in rows.values())  # not a figure of the paper

@@ -125,11 +125,12 @@ def test_unknown_config_group_options_are_named_with_the_choices():
         check_group_choices(["+experiment=nope"])
 
 
-def test_every_config_the_readme_assumption_table_names_marks_its_assumptions():
+def test_every_file_the_readme_assumption_table_cites_exists_and_marks_assumptions():
     readme = (CONF.parent / "README.md").read_text()
     table = readme[readme.index("## Assumptions"):readme.index("## Layout")]
     cited = set(re.findall(r"`((?:conf|src)/[^`]+)`", table))
     assert len(cited) >= 8
+    assert not re.findall(r"\| [^|]*`[\w*]+\.yaml`", table), "name config files by their path from the repo root"
     for pattern in sorted(cited):
         files = sorted(CONF.parent.glob(pattern))
         assert files, f"README names {pattern}, which does not exist"

@@ -77,14 +77,12 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed = json.loads((out / "summary.json").read_text())
-    assert killed["status"] == "running"
+    assert json.loads((out / "summary.json").read_text())["status"] == "running"
     run_train(out, *args)
     ref, resumed = read_metrics(tmp_path / "ref"), read_metrics(out)
     assert [r["epoch"] for r in resumed] == list(range(9))
     ref_summary, summary = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", out))
     assert summary["started"] < summary["updated"] and summary["wall_seconds"] > 0.5 * ref_summary["wall_seconds"]
-    assert summary["wandb_id"] == killed["wandb_id"] != ref_summary["wandb_id"]  # W&B resumes the same run
     for key, value in ref[-1].items():
         assert resumed[-1][key] == (value if value is None or isinstance(value, bool)
                                     else pytest.approx(value, rel=1e-6, abs=1e-9)), key
@@ -172,15 +170,31 @@ def test_a_run_directory_refuses_other_settings_but_not_other_speed_knobs(tmp_pa
     assert "lr: 0.01" in (out / "config.yaml").read_text()
     proc = run_train(out, *TINY, "logger=none", "threads=2", "steps_per_call=1")  # same run, other speed
     assert "skipping" in proc.stdout + proc.stderr
-    first_id = json.loads((out / "summary.json").read_text())["wandb_id"]
     run_train(out, *TINY, "logger=none", "optim.lr=0.05", "resume=never")  # start over, on purpose
     assert read_metrics(out)[-1]["lr"] == pytest.approx(0.05)
-    assert json.loads((out / "summary.json").read_text())["wandb_id"] != first_id  # a new W&B run too
 
 
-@pytest.mark.parametrize("offline, env_mode, expected", [(False, "disabled", "abc12345"), (True, "disabled", None),
-                                                         (False, "offline", None)])
-def test_an_online_wandb_logger_gets_the_run_directorys_id(tmp_path, monkeypatch, offline, env_mode, expected):
+def test_a_resumed_online_run_keeps_its_wandb_id_and_a_restarted_one_gets_a_new_one(tmp_path):
+    out, online = tmp_path / "run", [*TINY, "logger=wandb", "logger.wandb.offline=false"]
+    env = {"WANDB_MODE": "disabled"}  # online as far as the config goes; no network, nothing written
+    run_train(out, *online, env=env)
+    first = json.loads((out / "summary.json").read_text())
+    assert len(first["wandb_id"]) == 16
+    first["status"] = "running"  # as if killed after the last checkpoint
+    (out / "summary.json").write_text(json.dumps(first))
+    run_train(out, *online, env=env)  # resumes from the checkpoint
+    assert json.loads((out / "summary.json").read_text())["wandb_id"] == first["wandb_id"]
+    run_train(out, *online, "resume=never", env=env)
+    assert json.loads((out / "summary.json").read_text())["wandb_id"] != first["wandb_id"]
+    run_train(tmp_path / "offline", *TINY, "logger=wandb")  # W&B chooses its own id: none recorded
+    assert "wandb_id" not in json.loads((tmp_path / "offline" / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("offline, env_mode, cfg_mode, expected", [
+    (False, "disabled", None, "abc12345"), (True, "disabled", None, None), (False, "offline", None, None),
+    (False, "DRYRUN", None, None), (False, "disabled", "offline", None)])
+def test_an_online_wandb_logger_gets_the_run_directorys_id(tmp_path, monkeypatch, offline, env_mode, cfg_mode,
+                                                           expected):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -189,13 +203,15 @@ def test_an_online_wandb_logger_gets_the_run_directorys_id(tmp_path, monkeypatch
     monkeypatch.setenv("WANDB_MODE", env_mode)
     cfg = OmegaConf.load(REPO / "conf" / "logger" / "wandb.yaml").wandb
     cfg.save_dir, cfg.offline, cfg.name, cfg.group = str(tmp_path), offline, "run", "test"
+    if cfg_mode:
+        cfg.mode = cfg_mode
     kwargs = logger_kwargs(cfg, "abc12345")
     assert kwargs.get("id") == expected
     if expected:  # what Lightning does with it: the W&B run's id, resumed if it exists
         logger = instantiate(cfg, **kwargs)
         assert logger.version == expected and logger._wandb_init["resume"] == "allow"
-    cfg.id = "mine"  # a configured id wins
-    assert logger_kwargs(cfg, "abc12345") == {}
+        cfg.id = "mine"  # a configured id wins
+        assert logger_kwargs(cfg, "abc12345") == {}
 
 
 def test_an_unreadable_checkpoint_stops_with_advice_and_keeps_the_metrics(tmp_path):

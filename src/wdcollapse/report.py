@@ -44,6 +44,8 @@ UNKNOWN_FOR_FIGURE = {
     "resnet20_mnist": ["model.nonlinear_depth"],
     "theory_gd": ["model.nonlinear_depth", "model.linear_depth", "model.activation", "model.activation_kwargs"],
 }
+PAPER_FIGURES = {name for name in PAPER if name != "theory_gd"}
+OURS = "n/a (our experiment, not a paper figure)"
 ALWAYS_SHOWN = ["optim.lr", "optim.weight_decay", "data.num_per_class", "trainer.max_epochs", "optim.lr_drop_at"]
 REPORTED = {"data.num_per_class": "full training set (presumably)", "trainer.max_epochs": "5000-10000 (reported)",
             "optim.lr_drop_at": "0.8 (reported; the factor is not)"}
@@ -86,21 +88,26 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
         return []
     paper = PAPER.get(figure.experiment, {})
     rows = []
+    ours_experiment = figure.experiment not in PAPER_FIGURES
     for key in ALWAYS_SHOWN + [k for k in paper if k not in ALWAYS_SHOWN and k != "seeds"]:
-        ours = values_of(runs, key)
-        if key == "data.num_per_class" and ours == "None":
-            ours = "full training set"
-        rows.append((key, str(paper.get(key, REPORTED.get(key, "not stated"))), ours))
+        stated = OURS if ours_experiment else paper.get(key, REPORTED.get(key, "not stated"))
+        rows.append((key, str(stated), values_of(runs, key)))
     seeds = sorted({r.config.get("seed") for r in runs})
-    rows.append(("seeds", str(paper.get("seeds", "not stated")), f"{len(seeds)} ({', '.join(map(str, seeds))})"))
+    rows.append(("seeds", OURS if ours_experiment else str(paper.get("seeds", "not stated")),
+                 f"{len(seeds)} ({', '.join(map(str, seeds))})"))
     for key in UNKNOWN_IN_PAPER + UNKNOWN_FOR_FIGURE.get(figure.experiment, []):
-        rows.append((key, "not stated (ASSUMPTION)", values_of(runs, key)))
+        rows.append((key, OURS if ours_experiment else "not stated (ASSUMPTION)", values_of(runs, key)))
     return rows
 
 
 def values_of(runs: list[Run], key: str) -> str:
-    """The distinct values of a setting over the runs, sorted, joined by commas."""
-    return ", ".join(sorted({str(r.get(key)) for r in runs}))
+    """The distinct values of a setting over the runs, numbers in numeric order, joined by commas."""
+    values = {r.get(key) for r in runs if not isinstance(r.get(key), (dict, list))}
+    values |= {str(r.get(key)) for r in runs if isinstance(r.get(key), (dict, list))}
+    numbers = sorted(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
+    others = sorted(str(v) for v in values if v not in numbers and v is not None)
+    none = ["full training set"] if key == "data.num_per_class" and None in values else ["null"] * (None in values)
+    return ", ".join([f"{v:.4g}" if isinstance(v, float) else str(v) for v in numbers] + others + none)
 
 
 def status_rows(figure, runs: list[Run]) -> dict:

@@ -112,9 +112,11 @@ def logger_kwargs(logger_cfg: DictConfig, wandb_id: str | None) -> dict:
     """W&B's run id for an online WandbLogger without one: the run directory's, so that a
     resumed run continues its W&B run. Not offline: W&B cannot resume offline runs, and
     `wandb sync` of two offline runs with one id keeps only one of them."""
-    offline = logger_cfg.get("offline", False) or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
+    modes = {str(m).lower() for m in (logger_cfg.get("mode"), os.environ.get("WANDB_MODE"))}
+    offline = bool(logger_cfg.get("offline", False)) or bool(modes & {"offline", "dryrun"})
     wandb = str(logger_cfg.get("_target_", "")).endswith("WandbLogger")
-    return {"id": wandb_id} if wandb and wandb_id and logger_cfg.get("id") is None and not offline else {}
+    chosen = logger_cfg.get("id") is not None or logger_cfg.get("version") is not None
+    return {"id": wandb_id} if wandb and wandb_id and not chosen and not offline else {}
 
 
 def build_trainer(cfg: DictConfig, out_dir: Path, wandb_id: str | None = None) -> tuple[pl.Trainer, MetricMonitor]:
@@ -175,7 +177,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     else:  # rank 0 has prepared the directory already; resume from the same checkpoint
         ckpt = resume_checkpoint(cfg, out_dir)
     resumed = previous if ckpt else {}  # a resumed run keeps its start time and adds to its seconds
-    wandb_id = resumed.get("wandb_id") or secrets.token_hex(4)  # ... and its W&B run (when online)
+    # ... and its W&B run when online (ranks > 0 take the id rank 0 wrote before starting them)
+    wandb_id = (resumed if main_rank else previous).get("wandb_id") or secrets.token_hex(8)
+    if not any(logger_kwargs(c, wandb_id) for c in (cfg.logger or {}).values()):
+        wandb_id = None  # W&B picks its own id, or logs nothing: none to record
 
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), verbose=False)
@@ -191,7 +196,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                                 optim=OmegaConf.to_container(cfg.optim, resolve=True),
                                 compile=bool(cfg.compile), channels_last=bool(cfg.channels_last))
         write_summary(out_dir, status="running", name=cfg.name, seed=int(cfg.seed), num_train=datamodule.num_train,
-                      started=resumed.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S"), wandb_id=wandb_id)
+                      started=resumed.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      **({"wandb_id": wandb_id} if wandb_id else {}))
         trainer, monitor = build_trainer(cfg, out_dir, wandb_id)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
         status, extra = "finished", {}
