@@ -102,10 +102,10 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
 
 def values_of(runs: list[Run], key: str) -> str:
     """The distinct values of a setting over the runs, numbers in numeric order, joined by commas."""
-    values = {r.get(key) for r in runs if not isinstance(r.get(key), (dict, list))}
-    values |= {str(r.get(key)) for r in runs if isinstance(r.get(key), (dict, list))}
-    numbers = sorted(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
-    others = sorted(str(v) for v in values if v not in numbers and v is not None)
+    values = list({(type(v).__name__, str(v)): v for v in (r.get(key) for r in runs)}.values())  # True != 1
+    is_number = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in values]
+    numbers = sorted(v for v, number in zip(values, is_number) if number)
+    others = sorted(str(v) for v, number in zip(values, is_number) if not number and v is not None)
     none = ["full training set"] if key == "data.num_per_class" and None in values else ["null"] * (None in values)
     return ", ".join([f"{v:.4g}" if isinstance(v, float) else str(v) for v in numbers] + others + none)
 
