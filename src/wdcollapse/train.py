@@ -20,6 +20,7 @@ import secrets
 import sys
 import time
 import traceback
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -45,6 +46,10 @@ log = logging.getLogger("wdcollapse")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage())
 logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
+# The module logs nothing per step (the metric callback logs per epoch), so the step-logging
+# interval does not matter; and Lightning 2.6's own use of a torch API torch deprecates.
+warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 TERMINAL = ("finished", "diverged")
 CONF_DIR = str(REPO_ROOT / "conf")
 
