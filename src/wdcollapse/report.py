@@ -46,6 +46,8 @@ UNKNOWN_FOR_FIGURE = {
 }
 PAPER_FIGURES = {name for name in PAPER if name != "theory_gd"}
 OURS = "n/a (our experiment, not a paper figure)"
+NULL_MEANS = {"data.num_per_class": "full training set", "data.test_num_per_class": "whole test set",
+              "optim.lr_drop_at": "no drop"}
 ALWAYS_SHOWN = ["optim.lr", "optim.weight_decay", "data.num_per_class", "trainer.max_epochs", "optim.lr_drop_at"]
 REPORTED = {"data.num_per_class": "full training set (presumably)", "trainer.max_epochs": "5000-10000 (reported)",
             "optim.lr_drop_at": "0.8 (reported; the factor is not)"}
@@ -106,7 +108,7 @@ def values_of(runs: list[Run], key: str) -> str:
     is_number = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in values]
     numbers = sorted(v for v, number in zip(values, is_number) if number)
     others = sorted(str(v) for v, number in zip(values, is_number) if not number and v is not None)
-    none = ["full training set"] if key == "data.num_per_class" and None in values else ["null"] * (None in values)
+    none = [NULL_MEANS.get(key, "null")] if None in values else []
     return ", ".join([f"{v:.4g}" if isinstance(v, float) else str(v) for v in numbers] + others + none)
 
 
