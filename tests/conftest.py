@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    # the two Lightning warnings the entry point filters too (wdcollapse.train)
+    config.addinivalue_line("filterwarnings", r"ignore:The number of training batches \(\d+\) is smaller than the logging")
+    config.addinivalue_line("filterwarnings", r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated")
+
 # A tiny MLP on a small MNIST subset: the whole entry point in a few seconds.
 TINY = ["data.num_per_class=10", "model.width=32", "model.nonlinear_depth=2", "model.linear_depth=2",
         "data.batch_size=32", "optim.warmup_epochs=0", "trainer.max_epochs=2",
