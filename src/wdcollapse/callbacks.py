@@ -40,9 +40,16 @@ def share_rank_zero_buffers(module: torch.nn.Module) -> None:
     optimization Lightning's DDP wrapper never re-broadcasts buffers after wrapping the model
     (it clears DDP's forward sync after each call), so each rank's running statistics are its
     own average over its own batches of the whole run; the checkpoint holds rank 0's. Without
-    this, each rank's share of the metric pass would run a different network."""
+    this, each rank's share of the metric pass would run a different network. One broadcast
+    per dtype and device (BatchNorm: float32 statistics, int64 counters), not one per buffer."""
+    groups: dict = {}
     for buffer in module.buffers():
-        torch.distributed.broadcast(buffer, src=0)
+        groups.setdefault((buffer.dtype, buffer.device), []).append(buffer)
+    for buffers in groups.values():
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        torch.distributed.broadcast(flat, src=0)
+        for buffer, part in zip(buffers, flat.split([b.numel() for b in buffers])):
+            buffer.copy_(part.view_as(buffer))
 
 
 class Diverged(RuntimeError):
