@@ -186,8 +186,8 @@ def test_a_resumed_online_run_keeps_its_wandb_id_and_a_restarted_one_gets_a_new_
     assert json.loads((out / "summary.json").read_text())["wandb_id"] == first["wandb_id"]
     run_train(out, *online, "resume=never", env=env)
     assert json.loads((out / "summary.json").read_text())["wandb_id"] != first["wandb_id"]
-    run_train(tmp_path / "offline", *TINY, "logger=wandb")  # W&B chooses its own id: none recorded
-    assert "wandb_id" not in json.loads((tmp_path / "offline" / "summary.json").read_text())
+    run_train(out, *TINY, "logger=wandb", "resume=never", env=env)  # offline by config: W&B's own id
+    assert json.loads((out / "summary.json").read_text())["wandb_id"] is None
 
 
 @pytest.mark.parametrize("offline, env_mode, cfg_mode, expected", [

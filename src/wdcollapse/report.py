@@ -47,7 +47,7 @@ UNKNOWN_FOR_FIGURE = {
 PAPER_FIGURES = {name for name in PAPER if name != "theory_gd"}
 OURS = "n/a (our experiment, not a paper figure)"
 NULL_MEANS = {"data.num_per_class": "full training set", "data.test_num_per_class": "whole test set",
-              "optim.lr_drop_at": "no drop"}
+              "optim.lr_drop_at": "no drop", "data.batch_size": "full batch"}
 ALWAYS_SHOWN = ["optim.lr", "optim.weight_decay", "data.num_per_class", "trainer.max_epochs", "optim.lr_drop_at"]
 REPORTED = {"data.num_per_class": "full training set (presumably)", "trainer.max_epochs": "5000-10000 (reported)",
             "optim.lr_drop_at": "0.8 (reported; the factor is not)"}
@@ -104,12 +104,14 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
 
 def values_of(runs: list[Run], key: str) -> str:
     """The distinct values of a setting over the runs, numbers in numeric order, joined by commas."""
-    values = list({(type(v).__name__, str(v)): v for v in (r.get(key) for r in runs)}.values())  # True != 1
-    is_number = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in values]
-    numbers = sorted(v for v, number in zip(values, is_number) if number)
-    others = sorted(str(v) for v, number in zip(values, is_number) if not number and v is not None)
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    values = [r.get(key) for r in runs]
+    numbers = sorted({float(v) for v in values if number(v)})  # 0 and 0.0 are one value
+    others = sorted({str(v) for v in values if not number(v) and v is not None})  # True is not 1
     none = [NULL_MEANS.get(key, "null")] if None in values else []
-    return ", ".join([f"{v:.4g}" if isinstance(v, float) else str(v) for v in numbers] + others + none)
+    return ", ".join([f"{v:.6g}" for v in numbers] + others + none)
 
 
 def status_rows(figure, runs: list[Run]) -> dict:

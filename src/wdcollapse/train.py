@@ -46,10 +46,6 @@ log = logging.getLogger("wdcollapse")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage())
 logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
-# The module logs nothing per step (the metric callback logs per epoch), so the step-logging
-# interval does not matter; and Lightning 2.6's own use of a torch API torch deprecates.
-warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 TERMINAL = ("finished", "diverged")
 CONF_DIR = str(REPO_ROOT / "conf")
 
@@ -184,8 +180,11 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     resumed = previous if ckpt else {}  # a resumed run keeps its start time and adds to its seconds
     # ... and its W&B run when online (ranks > 0 take the id rank 0 wrote before starting them)
     wandb_id = (resumed if main_rank else previous).get("wandb_id") or secrets.token_hex(8)
-    if not any(logger_kwargs(c, wandb_id) for c in (cfg.logger or {}).values()):
-        wandb_id = None  # W&B picks its own id, or logs nothing: none to record
+    loggers = list((cfg.logger or {}).values())
+    if not any(logger_kwargs(c, wandb_id) for c in loggers):
+        wandb_id = None  # W&B picks its own id (offline, or the config's), or there is no W&B
+    # Recorded when W&B logs this segment (null when under an id of its own); kept with no W&B.
+    wandb_record = {"wandb_id": wandb_id} if any("WandbLogger" in str(c.get("_target_")) for c in loggers) else {}
 
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), verbose=False)
@@ -202,7 +201,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                                 compile=bool(cfg.compile), channels_last=bool(cfg.channels_last))
         write_summary(out_dir, status="running", name=cfg.name, seed=int(cfg.seed), num_train=datamodule.num_train,
                       started=resumed.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S"),
-                      **({"wandb_id": wandb_id} if wandb_id else {}))
+                      **wandb_record)
         trainer, monitor = build_trainer(cfg, out_dir, wandb_id)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
         status, extra = "finished", {}
@@ -246,8 +245,17 @@ class SweepSummary(Callback):
         print(f"sweep {sweep_dir}: {sum(statuses.values())} jobs: {counts or 'none ran'}{hint}", file=sys.stderr)
 
 
+def quiet_lightning_warnings() -> None:
+    """In a training job (not on import): the module logs nothing per step (the metric callback
+    logs per epoch), so the step-logging interval does not matter; and Lightning 2.6 uses a
+    torch API that torch deprecates."""
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
+    quiet_lightning_warnings()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
