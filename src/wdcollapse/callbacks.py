@@ -166,6 +166,11 @@ class MetricMonitor(Callback):
         return record
 
 
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """Where a run directory keeps its latest checkpoint (AtomicCheckpoint writes it)."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
 class AtomicCheckpoint(Checkpoint):
     """Saves `last.ckpt` at the end of every `every_n_epochs`-th epoch through a temporary file
     and a rename, so a kill leaves the previous checkpoint intact. Being a `Checkpoint`,

@@ -256,11 +256,12 @@ def _balancedness(a: torch.Tensor, b: torch.Tensor, sq_op_a: float, sq_op_b: flo
     return num / den
 
 
-def _residual(z: torch.Tensor, activated: torch.Tensor | None, exact: bool = True) -> torch.Tensor:
+def _residual(z: torch.Tensor, activated: torch.Tensor | None, exact: bool = True,
+              owned: bool = False) -> torch.Tensor:
     """Z - sigma(Z): from the activation's output `activated` (same shape as z), or min(Z, 0),
-    ReLU's, without one."""
+    ReLU's, without one. `owned`: z is a copy the caller lets us overwrite."""
     if activated is None:
-        return z.clamp_max(0.0)
+        return z.clamp_max_(0.0) if owned else z.clamp_max(0.0)
     a = _check_2d(activated, "activated", exact)
     if a.shape != z.shape:
         raise ValueError(f"activated has shape {tuple(a.shape)}, the pre-activations {tuple(z.shape)}")
@@ -441,10 +442,7 @@ class NegativityAccumulator:
         its output sigma(Z)."""
         z = _check_2d(preact, "preact", self.exact)
         self.full.update(z)
-        if activated is None and z.dtype != preact.dtype:
-            self.neg.update(z.clamp_max_(0.0))  # a converted copy is ours to overwrite
-        else:
-            self.neg.update(_residual(z, activated, self.exact))
+        self.neg.update(_residual(z, activated, self.exact, owned=z.dtype != preact.dtype))  # a converted copy
 
     def value(self) -> float:
         """Negativity of all rows seen; 0 if they are all zero."""

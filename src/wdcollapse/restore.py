@@ -14,6 +14,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .callbacks import last_checkpoint
+
 
 def restore(run_dir: str | Path, checkpoint: str | Path | None = None,
             ) -> tuple[torch.nn.Module, object, DictConfig]:
@@ -21,7 +23,7 @@ def restore(run_dir: str | Path, checkpoint: str | Path | None = None,
     with the weights and buffers of `checkpoint` (default: the run's last.ckpt). CPU tensors."""
     run_dir = Path(run_dir)
     config = run_dir / "config.yaml"
-    ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.ckpt"
+    ckpt = Path(checkpoint) if checkpoint else last_checkpoint(run_dir)
     for path, what in ((config, "config.yaml"), (ckpt, "checkpoint")):
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run directory with a {what}")

@@ -34,7 +34,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from .callbacks import AtomicCheckpoint, Diverged, DivergenceGuard, MetricMonitor
+from .callbacks import AtomicCheckpoint, Diverged, DivergenceGuard, MetricMonitor, last_checkpoint
 from .config import (REPO_ROOT, ConfigError, check_config, check_group_choices, check_output_override, check_same_run,
                      check_writable, register_resolvers)
 from .data.errors import DataCorruptError, DataNotFoundError
@@ -88,7 +88,7 @@ def launched_rank() -> int:
 
 def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
     """The checkpoint this run continues from: checkpoints/last.ckpt unless resume=never."""
-    ckpt = out_dir / "checkpoints" / "last.ckpt"
+    ckpt = last_checkpoint(out_dir)
     return ckpt if cfg.resume != "never" and ckpt.exists() else None
 
 
@@ -98,8 +98,8 @@ def prepare_run_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
     metrics_path = out_dir / "metrics.jsonl"
     if ckpt is None:
         # What a run killed before its first checkpoint (or an older run) left cannot be continued.
-        stale_ckpt = out_dir / "checkpoints" / "last.ckpt"
-        for stale in (metrics_path, stale_ckpt, out_dir / "summary.json", out_dir / "error.txt", out_dir / "grams.json"):
+        for stale in (metrics_path, last_checkpoint(out_dir), out_dir / "summary.json", out_dir / "error.txt",
+                      out_dir / "grams.json"):
             stale.unlink(missing_ok=True)
         return None
     done = completed_epochs(ckpt)
@@ -109,21 +109,25 @@ def prepare_run_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
     return ckpt
 
 
+def is_wandb(logger_cfg: DictConfig) -> bool:
+    return str(logger_cfg.get("_target_", "")).endswith("WandbLogger")
+
+
 def logger_kwargs(logger_cfg: DictConfig, wandb_id: str | None) -> dict:
     """W&B's run id for an online WandbLogger without one: the run directory's, so that a
     resumed run continues its W&B run. Not offline: W&B cannot resume offline runs, and
     `wandb sync` of two offline runs with one id keeps only one of them."""
     modes = {str(m).lower() for m in (logger_cfg.get("mode"), os.environ.get("WANDB_MODE"))}
     offline = bool(logger_cfg.get("offline", False)) or bool(modes & {"offline", "dryrun"})
-    wandb = str(logger_cfg.get("_target_", "")).endswith("WandbLogger")
     chosen = logger_cfg.get("id") is not None or logger_cfg.get("version") is not None
-    return {"id": wandb_id} if wandb and wandb_id and not chosen and not offline else {}
+    return {"id": wandb_id} if is_wandb(logger_cfg) and wandb_id and not chosen and not offline else {}
 
 
 def build_trainer(cfg: DictConfig, out_dir: Path, wandb_id: str | None = None) -> tuple[pl.Trainer, MetricMonitor]:
     monitor = instantiate(cfg.callbacks.metrics, out_dir=str(out_dir))
+    checkpoint = AtomicCheckpoint(last_checkpoint(out_dir).parent, cfg.callbacks.checkpoint_every_n_epochs)
     # The guard first: a diverged epoch ends before the metric pass sees its weights.
-    callbacks = [DivergenceGuard(), monitor, AtomicCheckpoint(out_dir / "checkpoints", cfg.callbacks.checkpoint_every_n_epochs)]
+    callbacks = [DivergenceGuard(), monitor, checkpoint]
     if cfg.callbacks.get("theory_gd") is not None:  # experiment=theory_gd: Theorem 4.4's setting
         callbacks.insert(2, instantiate(cfg.callbacks.theory_gd, out_dir=str(out_dir)))
     loggers = [instantiate(c, **logger_kwargs(c, wandb_id)) for c in cfg.logger.values()] if cfg.logger else []
@@ -184,7 +188,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     if not any(logger_kwargs(c, wandb_id) for c in loggers):
         wandb_id = None  # W&B picks its own id (offline, or the config's), or there is no W&B
     # Recorded when W&B logs this segment (null when under an id of its own); kept with no W&B.
-    wandb_record = {"wandb_id": wandb_id} if any("WandbLogger" in str(c.get("_target_")) for c in loggers) else {}
+    wandb_record = {"wandb_id": wandb_id} if any(is_wandb(c) for c in loggers) else {}
 
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), verbose=False)
