@@ -1,5 +1,6 @@
 """The claim rules on synthetic run histories where the answer is known."""
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,29 @@ def test_claim1_passes_for_exponential_linear_balancing_and_fails_without_it():
     assert claims.claim1_linear_head_balances([])["passed"] is None
 
 
+def collapse_run(nc1=0.01, nc2_start=20.0, nc2_end=1.5, offdiag=0.05, L1=4, L2=3):
+    L = L1 + L2
+    rows = [{"epoch": e, f"nc1/layer_{L - 1}": nc1 if e else 5.0,
+             **{f"nc2/layer_{l}": nc2_end if e else nc2_start for l in range(1, L + 1)}} for e in (0, 10)]
+    gram = [[1.0 if i == j else offdiag for j in range(10)] for i in range(10)]
+    keys = [f"preact_{L1}"] + [f"layer_{l}" for l in range(L1 + 1, L)]
+    return fake_run(L1, L2, rows, grams={"epoch": 10, "grams": {k: gram for k in keys}})
+
+
+def test_claim2_passes_for_collapse_and_fails_for_each_missing_part():
+    result = claims.claim2_collapse([collapse_run(), collapse_run(nc1=0.03)])
+    assert result["passed"] is True
+    assert result["evidence"]["mean"]["nc1_penultimate"] == pytest.approx(0.02)
+    assert result["evidence"]["mean"]["nc2_fall"] == pytest.approx(20 / 1.5)
+    assert result["evidence"]["mean"]["gram_max_offdiag_cosine_last"] == pytest.approx(0.05)
+    for bad in (dict(nc1=0.06), dict(nc2_end=3.2, nc2_start=100.0), dict(nc2_start=5.0, nc2_end=1.5),
+                dict(offdiag=0.25)):
+        assert claims.claim2_collapse([collapse_run(**bad)])["passed"] is False, bad
+    # one seed's off-diagonal Gram fails the mean of two (0.05 and 0.45: 0.25)
+    assert claims.claim2_collapse([collapse_run(), collapse_run(offdiag=0.45)])["passed"] is False
+    assert claims.claim2_collapse([])["passed"] is None
+
+
 def test_claim3_and_claim4_follow_the_direction_of_the_trend():
     def nc2_run(depth, nc2):
         return fake_run(5, depth, [{"epoch": 0, f"nc2/layer_{5 + depth - 1}": nc2, "nc2/layer_5": nc2}])
@@ -74,12 +98,78 @@ def test_claim3_and_claim4_follow_the_direction_of_the_trend():
     rising = [nc2_run(d, 1.0 + d) for d in (1, 2, 3, 4)]
     assert claims.claim3_nc2_improves_with_linear_depth(rising)["passed"] is False
 
-    def depth_run(L1, value):
-        row = {"epoch": 0, **{f"balancedness/layer_{l}": value for l in range(1, L1 + 3)},
-               **{f"negativity/layer_{l}": value for l in range(1, L1 + 1)}}
-        return fake_run(L1, 3, [row])
-    assert claims.claim4_deeper_is_more_linear([depth_run(d, 1.0 / d) for d in (4, 8, 12)])["passed"] is True
+    def depth_run(L1, value, minimum=None, drift=0.0):
+        """Mean balancedness and negativity `value` at the end (drifting by `drift` per epoch
+        before it), the first layer at `minimum`, evaluated every 10 epochs up to 100."""
+        rows = []
+        for e in range(0, 101, 10):
+            v = value * (1 + drift * (100 - e))
+            row = {"epoch": e, **{f"balancedness/layer_{l}": v for l in range(1, L1 + 3)},
+                   **{f"negativity/layer_{l}": v for l in range(1, L1 + 1)}}
+            if minimum is not None:
+                # keep the mean at v: layer 1 at `minimum`, the rest raised to compensate
+                for key, n in (("balancedness", L1 - 1), ("negativity", L1)):
+                    row[f"{key}/layer_1"] = minimum
+                    for l in range(2, n + 1):
+                        row[f"{key}/layer_{l}"] = (v * n - minimum) / (n - 1)
+            rows.append(row)
+        return fake_run(L1, 3, rows)
+
+    result = claims.claim4_deeper_is_more_linear([depth_run(d, 1.0 / d) for d in (4, 8, 12)])
+    assert result["passed"] is True and result["evidence"]["settled"] is True
+    assert result["evidence"]["by_lr"]["0.01"]["balancedness_mean"] == pytest.approx([0.25, 0.125, 1 / 12])
+    assert result["evidence"]["minima_fall"] is True and "discrepancy" not in result["evidence"]
     assert claims.claim4_deeper_is_more_linear([depth_run(d, d / 10) for d in (4, 8, 12)])["passed"] is False
+    # values still moving 12% since the last evaluation at or before 75% of the epochs (epoch 70):
+    # not settled, so no verdict for the trend
+    moving = claims.claim4_deeper_is_more_linear([depth_run(d, 1.0 / d, drift=0.004) for d in (4, 8, 12)])
+    assert moving["passed"] is False and moving["evidence"]["settled"] is False
+    assert moving["evidence"]["largest_change_over_last_quarter"] == pytest.approx(0.004 * 30)
+    # moving 4.8%: settled
+    assert claims.claim4_deeper_is_more_linear([depth_run(d, 1.0 / d, drift=0.0016) for d in (4, 8, 12)])["passed"]
+    # a run evaluated only at the start and end cannot show it settled
+    single = depth_run(4, 0.25)
+    single.history = [single.history[0], single.history[-1]]
+    assert claims.claim4_deeper_is_more_linear([single, depth_run(8, 0.1)])["evidence"]["settled"] is False
+    # the means fall but the minima rise with depth: the claim holds on the means, and the
+    # report names the discrepancy with the paper's figure
+    rising_minima = [depth_run(d, 1.0 / d, minimum=0.01 * d) for d in (4, 8, 12)]
+    result = claims.claim4_deeper_is_more_linear(rising_minima)
+    assert result["passed"] is True and result["evidence"]["minima_fall"] is False
+    assert "discrepancy" in result["evidence"] and "minima" in result["deciding"]
+
+
+def test_judge_gives_one_entry_per_figure_and_claim():
+    from wdcollapse.figures import FIGURES
+
+    good = fake_run(4, 3, balancing_rows(4, 3, linear_rate=0.05, nonlinear_value=0.5), grams=collapse_run().grams)
+    for row in good.history:
+        row.update({"nc1/layer_6": 0.01 if row["epoch"] else 5.0,
+                    **{f"nc2/layer_{l}": 1.5 if row["epoch"] else 20.0 for l in range(1, 8)}})
+    for name, spec in FIGURES.items():
+        entries = claims.judge(spec, [good] if name == "resnet20_cifar10" else [])
+        assert [(e["figure"], e["claim"]) for e in entries] == [(name, c) for c in spec.claims]
+        for entry in entries:
+            assert {"passed", "rule", "evidence", "statement", "deciding"} <= set(entry)
+    assert [e["passed"] for e in claims.judge(FIGURES["resnet20_cifar10"], [good])] == [True, True]
+    assert claims.judge(FIGURES["resnet20_cifar10"], [good])[0]["evidence"]["nonlinear_pairs"] == [1, 2, 3, 4]
+    assert claims.judge(FIGURES["mlp_mnist"], [good])[0]["evidence"]["nonlinear_pairs"] == [3, 4]
+    assert claims.judge(FIGURES["resnet20_cifar10"], [])[0]["passed"] is None
+    assert {spec.name for spec in FIGURES.values() if spec.claims} == {
+        "mlp_mnist", "resnet20_cifar10", "linear_depth_mnist", "linear_depth_cifar10", "resnet20_mnist",
+        "nonlinear_depth_mnist"}
+
+
+def test_claims_page_states_every_threshold_of_the_rules():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "claims.md").read_text()
+    for value, written in ((claims.LINEAR_BALANCED, "< 0.1"), (claims.BALANCING_FALL, ">= 10x"),
+                           (claims.EXPONENTIAL_R2, "R^2 >= 0.9"), (claims.LAST_HALF_FALL, ">= 2x"),
+                           (claims.NONLINEAR_GAP, ">= 3x"), (claims.NC1_COLLAPSED, "< 0.05"),
+                           (claims.NC2_CLOSE, "< 3"), (claims.NC2_FALL, ">= 5x"), (claims.GRAM_OFF_DIAGONAL, "< 0.2"),
+                           (claims.SETTLED_CHANGE, "<= 5%"), (claims.SETTLED_FROM, "75%")):
+        assert written in text, (value, written)
+        number = float(re.findall(r"\d+(?:\.\d+)?", written)[-1])
+        assert number in (value, value * 100), (value, written)
 
 
 def test_spearman_and_offdiagonal_cosine():

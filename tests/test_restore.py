@@ -1,12 +1,22 @@
 """restore(): a run directory gives back the network and data its last metrics row came from."""
 import pytest
+import torch
 
 from conftest import TINY, read_metrics, run_train
 from wdcollapse.probe import metric_pass
 from wdcollapse.restore import restore
 
 
-def test_restored_network_reproduces_the_last_row(tmp_path):
+@pytest.fixture
+def one_thread():
+    """The run's own `threads: 1`: the same kernels, so the same float32 sums, as in training."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_restored_network_reproduces_the_last_row(tmp_path, one_thread):
     run_train(tmp_path, *TINY, "logger=none")
     net, data, cfg = restore(tmp_path)
     assert not net.training and cfg.model.width == 32 and data.num_train == 100

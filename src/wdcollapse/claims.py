@@ -1,7 +1,9 @@
-"""The four claims of PAPER.md, each decided from run directories by a stated rule.
+"""The paper's four claims (docs/claims.md), each decided from run directories by a stated rule.
 
-Every function returns {"id", "statement", "rule", "passed", "evidence"}; `passed` is None when
-the runs it needs are missing."""
+Every claim function takes the finished runs of one figure and returns {"claim", "statement",
+"rule", "passed", "deciding", "evidence"}: `passed` is None when the runs it needs are missing,
+`deciding` is one line with the numbers that decided it. `judge(figure, runs)` applies every
+claim a figure is registered with (wdcollapse.figures) and names the figure in each result."""
 from __future__ import annotations
 
 import math
@@ -22,6 +24,8 @@ NC1_COLLAPSED = 0.05         # claim 2: NC1 of the penultimate features below th
 NC2_FALL = 5.0               # claim 2: NC2 of the penultimate features fell at least this factor
 NC2_CLOSE = 3.0              # claim 2: ... to below this (1 = orthogonal equal-norm class means)
 GRAM_OFF_DIAGONAL = 0.2      # claim 2: largest |cosine| between class means in the last Gram
+SETTLED_CHANGE = 0.05        # claim 4: mean balancedness and negativity moved at most this (relative)
+SETTLED_FROM = 0.75          # claim 4: ... between this fraction of the training epochs and the end
 
 
 def spearman(x, y) -> float:
@@ -42,9 +46,9 @@ def spearman(x, y) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def _result(cid, statement, rule, passed, evidence):
-    return {"id": cid, "statement": statement, "rule": rule,
-            "passed": None if passed is None else bool(passed), "evidence": evidence}
+def _result(cid, statement, rule, passed, evidence, deciding=""):
+    return {"claim": cid, "statement": statement, "rule": rule,
+            "passed": None if passed is None else bool(passed), "deciding": deciding, "evidence": evidence}
 
 
 def _ok(runs: list[Run]) -> list[Run]:
@@ -118,7 +122,11 @@ def claim1_linear_head_balances(runs: list[Run], first_layer: int = 1) -> dict:
     passed = all(checks.values())
     evidence = {"runs": len(runs), "linear_pairs": linear_pairs, "nonlinear_pairs": nonlinear_pairs,
                 "checks": checks, "mean": mean, "worst_seed": worst, "per_seed": per_seed}
-    return _result(1, statement, rule, passed, evidence)
+    deciding = (f"linear pairs end at {mean['linear_final_max']:.3g} (worst seed: fell "
+                f"{worst['linear_fall_min']:.3g}x, {worst['linear_last_half_fall_min']:.3g}x over the last half, "
+                f"log-linear R^2 {worst['linear_log_fit_r2_min']:.4g}); non-linear pairs "
+                f"{mean['nonlinear_final_mean']:.3g}, {mean['gap']:.3g}x less balanced")
+    return _result(1, statement, rule, passed, evidence, deciding)
 
 
 def max_offdiag_cosine(gram) -> float:
@@ -162,7 +170,10 @@ def claim2_collapse(runs: list[Run]) -> dict:
     }
     passed = (mean["nc1_penultimate"] < NC1_COLLAPSED and mean["nc2_penultimate"] < NC2_CLOSE
               and mean["nc2_fall"] >= NC2_FALL and mean["gram_max_offdiag_cosine_last"] < GRAM_OFF_DIAGONAL)
-    return _result(2, statement, rule, passed, {"runs": len(runs), "mean": mean, "per_seed": per_seed})
+    deciding = (f"NC1(Z_(L-1)) = {mean['nc1_penultimate']:.3g}, NC2 = {mean['nc2_penultimate']:.3g} after a "
+                f"{mean['nc2_fall']:.3g}x fall, largest class-mean cosine in the last Gram "
+                f"{mean['gram_max_offdiag_cosine_last']:.3g}")
+    return _result(2, statement, rule, passed, {"runs": len(runs), "mean": mean, "per_seed": per_seed}, deciding)
 
 
 def claim3_nc2_improves_with_linear_depth(runs: list[Run]) -> dict:
@@ -172,7 +183,7 @@ def claim3_nc2_improves_with_linear_depth(runs: list[Run]) -> dict:
     runs = _ok(runs)
     if not runs:
         return _result(3, statement, rule, None, {"runs": 0})
-    evidence, verdicts = {"runs": len(runs), "by_weight_decay": {}}, []
+    evidence, verdicts, deciding = {"runs": len(runs), "by_weight_decay": {}}, [], []
     for wd, by_depth in sorted(by_weight_decay_and_linear_depth(runs).items()):
         depths = sorted(by_depth)
         means = [float(np.mean([linear_depth_point(r)["nc2_last"] for r in by_depth[d]])) for d in depths]
@@ -181,31 +192,86 @@ def claim3_nc2_improves_with_linear_depth(runs: list[Run]) -> dict:
         verdicts.append(ok)
         evidence["by_weight_decay"][f"{wd:g}"] = {"linear_depths": depths, "nc2_penultimate": means,
                                                   "spearman": rho, "holds": ok}
-    return _result(3, statement, rule, all(verdicts), evidence)
+        deciding.append(f"wd {wd:g}: NC2(Z_(L-1)) " + " -> ".join(f"{m:.3g}" for m in means)
+                        + f" for {depths[0]}..{depths[-1]} linear layers (Spearman {rho:.2f})")
+    return _result(3, statement, rule, all(verdicts), evidence, "; ".join(deciding))
+
+
+def settled_change(run: Run) -> float:
+    """The largest relative change of the non-linear layers' mean balancedness and mean
+    negativity between the last evaluation at or before SETTLED_FROM of the run's epochs and the
+    end; NaN when no evaluation lies that early (other than at initialisation)."""
+    final_epoch = run.final.get("epoch", 0)
+    earlier = [r for r in run.history if 0 < r["epoch"] <= SETTLED_FROM * final_epoch]
+    if not earlier:
+        return float("nan")
+    before, after = nonlinear_depth_point(run, earlier[-1]), nonlinear_depth_point(run)
+    changes = [abs(after[k] - before[k]) / abs(after[k]) if after[k] else np.inf
+               for k in ("balancedness_mean", "negativity_mean")]
+    return float(np.max(changes))  # a NaN (no such layer value) propagates and fails the rule
 
 
 def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
     statement = ("As the non-linear part gets deeper, its layers become more balanced and less non-linear "
-                 "(mean balancedness and mean negativity of the non-linear layers fall with depth).")
-    rule = ("for each learning rate, on seed means: Spearman correlation with non-linear depth < 0 for both the "
-            "mean balancedness and the mean negativity of the non-linear layers, and both lower at the deepest "
-            "network than at the shallowest")
+                 "(balancedness and negativity of the non-linear layers fall with depth).")
+    rule = (f"every run has settled (its mean balancedness and mean negativity moved <= {SETTLED_CHANGE:.0%} "
+            f"between {SETTLED_FROM:.0%} of its epochs and the end); then for each learning rate, on seed means: "
+            "Spearman correlation with non-linear depth < 0 for both the mean balancedness and the mean "
+            "negativity of the non-linear layers, and both lower at the deepest network than at the shallowest. "
+            "The minima over the layers (the figure's other lines) are judged the same way and reported; "
+            "where they do not fall, the report names the discrepancy with the paper's figure")
     runs = _ok(runs)
     if not runs:
         return _result(4, statement, rule, None, {"runs": 0})
-    evidence, verdicts = {"runs": len(runs), "by_lr": {}}, []
+    values = [settled_change(r) for r in runs]
+    settled = bool(np.all(np.array(values) <= SETTLED_CHANGE))  # NaN fails
+    names = [r.path.name for r in runs]
+    if len(set(names)) < len(names):
+        names = [f"{i}: {name}" for i, name in enumerate(names)]
+    changes = dict(zip(names, values))
+    evidence = {"runs": len(runs), "settled": settled, "largest_change_over_last_quarter": float(np.max(values)),
+                "change_over_last_quarter": changes, "by_lr": {}}
+    verdicts, deciding, minima_fall = [settled], [], []
     for lr, by_depth in sorted(by_lr_and_nonlinear_depth(runs).items()):
         depths = sorted(by_depth)
         by_depth = {d: [nonlinear_depth_point(r) for r in by_depth[d]] for d in depths}
         entry = {"nonlinear_depths": depths}
-        ok = True
+        falls = {}
         for key in ("balancedness_mean", "negativity_mean", "balancedness_min", "negativity_min"):
             means = [float(np.nanmean([p[key] for p in by_depth[d]])) for d in depths]
             entry[key] = means
             entry[f"{key}_spearman"] = spearman(depths, means)
-            if key.endswith("_mean"):
-                ok = ok and entry[f"{key}_spearman"] < 0 and means[-1] < means[0]
-        entry["holds"] = ok
-        verdicts.append(ok)
+            falls[key] = entry[f"{key}_spearman"] < 0 and means[-1] < means[0]
+        entry["holds"] = falls["balancedness_mean"] and falls["negativity_mean"]
+        entry["minima_fall"] = falls["balancedness_min"] and falls["negativity_min"]
+        verdicts.append(entry["holds"])
+        minima_fall.append(entry["minima_fall"])
         evidence["by_lr"][f"{lr:g}"] = entry
-    return _result(4, statement, rule, all(verdicts), evidence)
+        deciding.append(
+            f"lr {lr:g}, {depths[0]} -> {depths[-1]} ReLU layers: mean balancedness "
+            f"{entry['balancedness_mean'][0]:.3g} -> {entry['balancedness_mean'][-1]:.3g}, mean negativity "
+            f"{entry['negativity_mean'][0]:.3g} -> {entry['negativity_mean'][-1]:.3g} (minima "
+            f"{entry['balancedness_min'][0]:.3g} -> {entry['balancedness_min'][-1]:.3g} and "
+            f"{entry['negativity_min'][0]:.3g} -> {entry['negativity_min'][-1]:.3g})")
+    evidence["minima_fall"] = all(minima_fall)
+    if not all(minima_fall):
+        evidence["discrepancy"] = ("the minima over the non-linear layers do not fall with depth at every learning "
+                                   "rate, while the paper's figure shows them falling; the means decide the claim")
+    deciding.append(f"every run settled (largest change over the last quarter "
+                    f"{evidence['largest_change_over_last_quarter']:.1%})" if settled
+                    else f"NOT every run settled (largest change {evidence['largest_change_over_last_quarter']:.1%})")
+    return _result(4, statement, rule, all(verdicts), evidence, "; ".join(deciding))
+
+
+# claim -> its rule applied to one figure's runs (claim 1 compares the figure's plotted layers)
+CLAIMS = {
+    1: lambda runs, figure: claim1_linear_head_balances(runs, figure.first_plotted_layer),
+    2: lambda runs, figure: claim2_collapse(runs),
+    3: lambda runs, figure: claim3_nc2_improves_with_linear_depth(runs),
+    4: lambda runs, figure: claim4_deeper_is_more_linear(runs),
+}
+
+
+def judge(figure, runs: list[Run]) -> list[dict]:
+    """Every claim the figure (a figures.FigureSpec) is judged by, decided on its runs."""
+    return [{"figure": figure.name, **CLAIMS[claim](runs, figure)} for claim in figure.claims]

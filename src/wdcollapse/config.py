@@ -1,6 +1,7 @@
 """Config checks that run before any work, and the resolvers the configs use."""
 from __future__ import annotations
 
+import math
 import tempfile
 import uuid
 import warnings
@@ -32,8 +33,21 @@ def register_resolvers() -> None:
         # Cached, and Hydra copies the cache into every job's config: one value per launch, so
         # the jobs of a multirun share a sweep directory that no other launch can collide with.
         OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
+    if not OmegaConf.has_resolver("balancing_epochs"):
+        OmegaConf.register_new_resolver("balancing_epochs", balancing_epochs)
     if not OmegaConf.has_resolver("repo_root"):
         OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+
+
+def balancing_epochs(budget, lr, weight_decay, momentum, num_samples, batch_size) -> int:
+    """Epochs of SGD after which weight decay has shrunk a linear pair's imbalance by exp(-2 budget)
+    by the theory's rate: (1 - eta lambda / (1 - momentum))^(2k) ~ exp(-2 budget) after
+    k = budget (1 - momentum) / (eta lambda) steps (momentum multiplies the step by 1 / (1 - momentum)).
+    `${balancing_epochs:3,${optim.lr},${optim.weight_decay},${optim.momentum},60000,${data.batch_size}}`
+    gives every depth and learning rate of a sweep the same balancing, where their weight decays differ."""
+    steps_per_epoch = math.ceil(int(num_samples) / int(batch_size))
+    steps = float(budget) * (1.0 - float(momentum)) / (float(lr) * float(weight_decay))
+    return max(1, math.ceil(steps / steps_per_epoch))
 
 
 def _require(ok: bool, setting: str, value, allowed: str) -> None:

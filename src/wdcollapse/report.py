@@ -1,50 +1,23 @@
 """Figures and the claims report of a reproduction, from its run directories."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from . import claims, theory
+from .figures import FIGURES, figure_spec
 from .io import atomic_write_json, atomic_write_text, read_json
 from .plots.depth_sweeps import plot_linear_depth_sweep, plot_nonlinear_depth_sweep
 from .plots.theory import plot_theorem31, plot_two_phases
 from .plots.training import plot_grams, plot_training_curves
 from .runs import Run
 
-# Layers the paper plots in its training-curve figures (the MLP figure omits the first two).
-FIRST_PLOTTED_LAYER = {"mlp_mnist": 3, "resnet20_cifar10": 1}
-TITLES = {
-    "mlp_mnist": "MLP (6 ReLU + 3 linear) on MNIST",
-    "resnet20_cifar10": "ResNet20 + 3 ReLU + 3 linear on CIFAR-10",
-    "linear_depth_mnist": "MLP with 5 ReLU layers on MNIST: linear-head depth",
-    "linear_depth_cifar10": "ResNet20 on CIFAR-10: linear-head depth",
-    "resnet20_mnist": "ResNet20 on MNIST: linear-head depth",
-    "nonlinear_depth_mnist": "MLP on MNIST: non-linear depth",
-    "theory_gd": "Full-batch GD in Theorem 4.4's setting",
-}
-# What the paper says of each figure's settings (PAPER.md); None = not stated.
-PAPER = {
-    "mlp_mnist": {"optim.lr": 0.001, "optim.weight_decay": 0.0018, "seeds": 5},
-    "linear_depth_mnist": {"optim.lr": 0.001, "optim.weight_decay": "0.001 and 0.004"},
-    "nonlinear_depth_mnist": {"optim.lr": "0.001 or 0.002", "optim.weight_decay": "0.016 / L"},
-    "resnet20_cifar10": {"optim.lr": 0.001, "optim.weight_decay": 0.001, "trainer.max_epochs": "~5000"},
-    "linear_depth_cifar10": {"optim.lr": 0.001, "optim.weight_decay": 0.001},
-    "resnet20_mnist": {},
-    "theory_gd": {},
-}
 UNKNOWN_IN_PAPER = ["optim.name", "optim.momentum", "optim.warmup_epochs", "optim.lr_drop_factor", "data.batch_size",
                     "data.normalize", "data.test_num_per_class", "model.width", "model.init", "model.bias",
                     "loss.mse_reduction"]
-# ... and, per figure, the architecture the paper leaves open
-UNKNOWN_FOR_FIGURE = {
-    "nonlinear_depth_mnist": ["model.linear_depth"],
-    "linear_depth_cifar10": ["model.nonlinear_depth"],
-    "resnet20_mnist": ["model.nonlinear_depth"],
-    "theory_gd": ["model.nonlinear_depth", "model.linear_depth", "model.activation", "model.activation_kwargs"],
-}
-PAPER_FIGURES = {name for name in PAPER if name != "theory_gd"}
 OURS = "n/a (our experiment, not a paper figure)"
 NULL_MEANS = {"data.num_per_class": "full training set", "data.test_num_per_class": "whole test set",
               "optim.lr_drop_at": "no drop", "data.batch_size": "full batch"}
@@ -62,25 +35,24 @@ def make_figures(out: Path, figures, runs_of: Callable) -> list[Path]:
     fig_dir = out / "figures"
     made: list[Path] = []
     for figure in figures:
-        runs = runs_of(figure)
-        title = TITLES.get(figure.experiment, figure.name)
-        if figure.experiment in FIRST_PLOTTED_LAYER:
-            made += plot_training_curves(runs, fig_dir / f"{figure.name}_curves",
-                                         FIRST_PLOTTED_LAYER[figure.experiment], title)
+        runs, spec = runs_of(figure), figure_spec(figure.experiment)
+        stem = fig_dir / figure.name
+        if spec.plot == "training":
+            made += plot_training_curves(runs, f"{stem}_curves", spec.first_plotted_layer, spec.title)
             finished = [r for r in runs if r.status == "finished" and r.grams]
             if finished:
-                made += plot_grams(finished[0], fig_dir / f"{figure.name}_grams", title)
+                made += plot_grams(finished[0], f"{stem}_grams", spec.title)
             if any("theory/dist" in r.final for r in runs):
-                made += plot_theorem31(runs, fig_dir / f"{figure.name}_theorem31", title)
-        elif figure.experiment.startswith("linear_depth") or figure.experiment == "resnet20_mnist":
-            made += plot_linear_depth_sweep(runs, fig_dir / f"{figure.name}", title)
-        elif figure.experiment.startswith("nonlinear_depth"):
-            made += plot_nonlinear_depth_sweep(runs, fig_dir / f"{figure.name}", title)
-        elif figure.experiment == "theory_gd":
-            made += plot_theorem31(runs, fig_dir / f"{figure.name}_theorem31", title)
+                made += plot_theorem31(runs, f"{stem}_theorem31", spec.title)
+        elif spec.plot == "linear_depth":
+            made += plot_linear_depth_sweep(runs, stem, spec.title)
+        elif spec.plot == "nonlinear_depth":
+            made += plot_nonlinear_depth_sweep(runs, stem, spec.title)
+        elif spec.plot == "theory":
+            made += plot_theorem31(runs, f"{stem}_theorem31", spec.title)
             finished = [r for r in runs if (r.path / "steps.jsonl").exists()]
             if finished:
-                made += plot_two_phases(finished[0], fig_dir / f"{figure.name}_phases", title)
+                made += plot_two_phases(finished[0], f"{stem}_phases", spec.title)
     return made
 
 
@@ -88,16 +60,17 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
     """(setting, the paper's value, ours) for what the paper states and what it leaves open."""
     if not runs:
         return []
-    paper = PAPER.get(figure.experiment, {})
+    spec = figure_spec(figure.experiment)
+    paper = spec.paper
     rows = []
-    ours_experiment = figure.experiment not in PAPER_FIGURES
+    ours_experiment = spec.ours
     for key in ALWAYS_SHOWN + [k for k in paper if k not in ALWAYS_SHOWN and k != "seeds"]:
         stated = OURS if ours_experiment else paper.get(key, REPORTED.get(key, "not stated"))
         rows.append((key, str(stated), values_of(runs, key)))
     seeds = sorted({r.config.get("seed") for r in runs})
     rows.append(("seeds", OURS if ours_experiment else str(paper.get("seeds", "not stated")),
                  f"{len(seeds)} ({', '.join(map(str, seeds))})"))
-    for key in UNKNOWN_IN_PAPER + UNKNOWN_FOR_FIGURE.get(figure.experiment, []):
+    for key in UNKNOWN_IN_PAPER + list(spec.open_architecture):
         rows.append((key, OURS if ours_experiment else "not stated (ASSUMPTION)", values_of(runs, key)))
     return rows
 
@@ -116,25 +89,26 @@ def values_of(runs: list[Run], key: str) -> str:
 
 def status_rows(figure, runs: list[Run]) -> dict:
     counts = {s: sum(r.status == s for r in runs) for s in ("finished", "diverged", "failed", "running")}
-    times = [r.summary.get("wall_seconds") for r in runs if r.summary.get("wall_seconds")]
+    timed = [r.summary for r in runs if r.summary.get("wall_seconds")]
+    wall = sum(t["wall_seconds"] for t in timed)
+    metric = sum(t.get("metric_seconds") or 0.0 for t in timed)
     return {"expected": figure.num_runs, **counts,
-            "mean_run_seconds": round(float(np.mean(times)), 1) if times else None,
+            "mean_run_seconds": round(wall / len(timed), 1) if timed else None,
+            "metric_share": round(metric / wall, 3) if wall else None,
             "diverged_runs": {r.path.name: r.summary.get("diverged_epoch") for r in runs if r.status == "diverged"},
             "failed_runs": {r.path.name: r.summary.get("error") for r in runs if r.status == "failed"}}
 
 
-def decide_claims(figures, runs_of: Callable) -> list[dict]:
-    by_experiment = {f.experiment: f for f in figures}
-
-    def runs_for(experiment: str) -> list[Run]:
-        return runs_of(by_experiment[experiment]) if experiment in by_experiment else []
-
-    return [
-        claims.claim1_linear_head_balances(runs_for("mlp_mnist"), FIRST_PLOTTED_LAYER["mlp_mnist"]),
-        claims.claim2_collapse(runs_for("mlp_mnist")),
-        claims.claim3_nc2_improves_with_linear_depth(runs_for("linear_depth_mnist")),
-        claims.claim4_deeper_is_more_linear(runs_for("nonlinear_depth_mnist")),
-    ]
+def decide_claims(figures, runs_of: Callable, skipped: dict | None = None) -> list[dict]:
+    """One entry per (figure, claim) pair: the claims each figure is registered with, decided on
+    its runs; a skipped figure's claims are listed too, with passed = None and the reason."""
+    decided = []
+    for figure in figures:
+        decided += claims.judge(figure_spec(figure.experiment), runs_of(figure))
+    for name, why in (skipped or {}).items():
+        if name in FIGURES:
+            decided += [{**c, "evidence": {"runs": 0, "why": why}} for c in claims.judge(FIGURES[name], [])]
+    return decided
 
 
 def theory_checks(figures, runs_of: Callable) -> list[dict]:
@@ -142,7 +116,8 @@ def theory_checks(figures, runs_of: Callable) -> list[dict]:
     and theory_gd), and theory_gd's fitted balancing rate against (1 - eta lambda)^2."""
     checks = []
     for figure in figures:
-        if figure.experiment not in ("mlp_mnist", "theory_gd"):
+        spec = figure_spec(figure.experiment)
+        if not spec.theorem31:
             continue
         runs = [r for r in runs_of(figure) if r.status == "finished"]
         per_run = {r.path.name: theory.bound_holds(r.history) for r in runs}
@@ -151,7 +126,7 @@ def theory_checks(figures, runs_of: Callable) -> list[dict]:
                        "statement": "||Z_(L-1) - W_L^+ Y||_F <= r (eps1 / (s_K(Y) - eps1) + sqrt(n_(L-1) eps2)) "
                                     "and NC1 <= its bound, wherever eps1 <= min(s_K(Y), sqrt((K-1)N/(4K)))",
                        "passed": all(verdicts) if verdicts else None, "evidence": per_run})
-        if figure.experiment == "theory_gd":
+        if spec.plot == "theory":
             rates = {r.path.name: theory.rate_matches(read_json(r.path / "theory.json", default={})) for r in runs}
             verdicts = [v.get("matches") for v in rates.values() if v.get("matches") is not None]
             checks.append({"id": f"balancing_rate/{figure.name}",
@@ -171,8 +146,18 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def claims_doc(out: Path) -> str:
+    """Where docs/claims.md (the claims, their rules, each figure's known settings) is, from `out`."""
+    from .config import REPO_ROOT
+
+    doc = REPO_ROOT / "docs" / "claims.md"
+    if doc.exists():
+        return os.path.relpath(doc, out.resolve())
+    return "docs/claims.md in the wdcollapse repository"
+
+
 def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: dict) -> dict:
-    decided = decide_claims(figures, runs_of)
+    decided = decide_claims(figures, runs_of, skipped)
     status = {f.name: status_rows(f, runs_of(f)) for f in figures}
     settings = {f.name: settings_rows(f, runs_of(f)) for f in figures}
     checks = theory_checks(figures, runs_of)
@@ -181,14 +166,23 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
                            for name, rows in settings.items()}}
     atomic_write_json(out / "report.json", report)
 
+    doc = claims_doc(out)
     lines = [f"# Reproduction report (preset `{preset}`)", "",
              "Jacot, Súkeník, Wang, Mondelli, *Wide Neural Networks Trained with Weight Decay Provably "
-             "Exhibit Neural Collapse*, ICLR 2025. Claims as listed in PAPER.md; each is decided by the "
-             "rule shown, from the run directories under `runs/`.", "", "## Claims", ""]
+             f"Exhibit Neural Collapse*, ICLR 2025. The claims, their rules and each figure's settings are in "
+             f"[{doc}]({doc}); each figure is judged by the claims it illustrates, from the run directories "
+             "under `runs/`.", "", "## Verdicts", "", "| figure | claim | verdict | deciding numbers |",
+             "|---|---|---|---|"]
     for c in decided:
-        lines += [f"### Claim {c['id']}: **{verdict(c['passed'])}**", "", c["statement"], "", f"*Rule:* {c['rule']}", ""]
-        evidence = c["evidence"]
-        for key, value in evidence.items():
+        why = c["evidence"].get("why", "")
+        lines.append(f"| {c['figure']} | {c['claim']} | **{verdict(c['passed'])}** | {c['deciding'] or why} |")
+    lines += ["", "## Claims", ""]
+    for c in decided:
+        lines += [f"### {c['figure']}, claim {c['claim']}: **{verdict(c['passed'])}**", "", c["statement"], "",
+                  f"*Rule:* {c['rule']}", ""]
+        if c["deciding"]:
+            lines += [f"*Deciding numbers:* {c['deciding']}", ""]
+        for key, value in c["evidence"].items():
             if key == "per_seed":
                 continue
             lines.append(f"- {key}: {_fmt(value)}")
@@ -198,13 +192,18 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
         for c in checks:
             lines += [f"### {c['id']}: **{verdict(c['passed'])}**", "", c["statement"], ""]
             lines += [f"- {name}: {_fmt(ev)}" for name, ev in c["evidence"].items()] + [""]
-    lines += ["## Runs", "", "| figure | expected | finished | diverged | failed | running | mean s/run |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["## Runs", "",
+              "| figure | expected | finished | diverged | failed | running | mean s/run | metric pass share |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, s in status.items():
+        share = "" if s["metric_share"] is None else f"{s['metric_share']:.0%}"
         lines.append(f"| {name} | {s['expected']} | {s['finished']} | {s['diverged']} | {s['failed']} | "
-                     f"{s['running']} | {s['mean_run_seconds']} |")
+                     f"{s['running']} | {s['mean_run_seconds']} | {share} |")
     for name, why in skipped.items():
-        lines.append(f"| {name} | skipped: {why} | | | | | |")
+        lines.append(f"| {name} | skipped: {why} | | | | | | |")
+    lines.append("")
+    lines.append("The metric pass share is the time of the metric passes (training set, Theorem 3.1's "
+                 "quantities, test accuracy) over the runs' wall time.")
     for name, s in status.items():
         for run, epoch in s["diverged_runs"].items():
             lines.append(f"\n- {name}/{run}: **diverged** at epoch {epoch} (its curves stop there; no claim uses it)")

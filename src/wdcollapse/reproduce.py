@@ -26,6 +26,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .config import REPO_ROOT
+from .figures import figure_spec
 from .runs import Run, load_runs
 
 TERMINAL = ("finished", "diverged", "failed")
@@ -57,6 +58,8 @@ def load_spec(preset: str) -> tuple[int, list[Figure]]:
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise SystemExit(f"error: unknown preset {preset!r}; choose one of {available}")
     spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    for name, f in spec["figures"].items():
+        figure_spec(f["experiment"])  # every figure's plotter and claims are registered
     figures = [
         Figure(name, f["experiment"], {k: str(v) for k, v in f.get("sweep", {}).items()},
                list(f.get("overrides", [])), f.get("needs"), bool(f.get("use_preset", True)))
@@ -89,12 +92,18 @@ def figure_runs(out: Path, figure: Figure) -> list[Run]:
     return [r for r in load_runs(out / "runs" / figure.name) if matches_sweep(r, figure)]
 
 
+def run_subdir(figure: Figure) -> str:
+    """A run directory's name: the values of the figure's swept settings only (`seed=0`), so that
+    its fixed overrides cannot make names too long for the file system."""
+    return "'" + ",".join(f"{key}=${{{key}}}" for key in figure.sweep) + "'"
+
+
 def multirun_command(figure: Figure, preset: str, sweep_dir: Path, jobs: int, extra: list[str]) -> list[str]:
     return [
         sys.executable, "-m", "wdcollapse.train", "-m",
         f"experiment={figure.experiment}", *([f"preset={preset}"] if figure.use_preset else []),
         "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}",
-        f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.override_dirname}",
+        f"hydra.sweep.dir={sweep_dir}", f"hydra.sweep.subdir={run_subdir(figure)}",
         f"logger.wandb.group={figure.name}-{preset}",
         *[f"{k}={v}" for k, v in figure.sweep.items()], *figure.overrides, *extra,
     ]
@@ -208,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     report = write_report(out, args.preset, reported, lambda f: loaded[f.name], skipped)
     print(f"\nfigures: {out / 'figures'} ({len(made)} files)")
     for claim in report["claims"]:
-        print(f"claim {claim['id']}: {verdict(claim['passed'], 'n/a')}  {claim['statement']}")
+        print(f"{claim['figure']}, claim {claim['claim']}: {verdict(claim['passed'], 'n/a')}  "
+              f"{claim['deciding'] or claim['evidence'].get('why', '')}")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     print(f"report: {out / 'REPORT.md'}  ({(time.time() - start) / 60:.1f} min)")

@@ -65,10 +65,10 @@ def linear_depth_point(run: Run) -> dict[str, float]:
     }
 
 
-def nonlinear_depth_point(run: Run) -> dict[str, float]:
+def nonlinear_depth_point(run: Run, row: dict | None = None) -> dict[str, float]:
     """Min and mean balancedness over the pairs of non-linear layers (l, l+1), l < L1, and min
-    and mean negativity over the non-linear layers, at the end of training."""
-    L1, row = run.nonlinear_depth, run.final
+    and mean negativity over the non-linear layers, in `row` (default: the end of training)."""
+    L1, row = run.nonlinear_depth, run.final if row is None else row
     bal = [row.get(f"balancedness/layer_{l}") for l in range(1, L1)]
     neg = [row.get(f"negativity/layer_{l}") for l in range(1, L1 + 1)]
     bal = [v for v in bal if v is not None]

@@ -8,13 +8,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..runs import Run, gram_keys
-from .common import annotate_diverged, log_scale_if_spanning_decades, mean_std_over_runs, save_figure, usable
+from .common import METRIC_LABELS, annotate_diverged, log_scale_if_spanning_decades, mean_std_over_runs, save_figure, usable
 
+# (metric, title, y scale). The theory has NC1 and the linear
+# pairs' balancedness fall exponentially: log axes, as in the paper's figures.
 PANELS = [
-    ("nc1", "NC1 (within-class variability)"),
-    ("nc2", "NC2 (condition number of class means)"),
-    ("balancedness", "balancedness of pair (l, l+1)"),
-    ("negativity", "negativity (ReLU layers)"),
+    ("nc1", "NC1 (within-class variability)", "log"),
+    ("nc2", "NC2 (condition number of class means)", "auto"),
+    ("balancedness", "balancedness of pair (l, l+1)", "log"),
+    ("negativity", "negativity (ReLU layers)", "linear"),
 ]
 
 
@@ -34,7 +36,7 @@ def plot_training_curves(runs: list[Run], path_stem: str | Path, first_layer: in
         return save_figure(fig, path_stem)
     L, L1 = runs[0].num_layers, runs[0].nonlinear_depth
     cmap = plt.get_cmap("viridis")
-    for ax, (metric, ylabel) in zip(axes, PANELS):
+    for ax, (metric, title, scale) in zip(axes, PANELS):
         shown = []
         for layer in range(first_layer, L + 1):
             key = f"{metric}/layer_{layer}"
@@ -46,9 +48,13 @@ def plot_training_curves(runs: list[Run], path_stem: str | Path, first_layer: in
             ax.plot(epochs, mean, style, color=color, lw=1.6, label=layer_label(layer, L1, metric))
             ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
             shown.extend(mean.tolist())
-        log_scale_if_spanning_decades(ax, shown)
+        if scale == "log" and any(v > 0 for v in shown):
+            ax.set_yscale("log")
+        elif scale == "auto":
+            log_scale_if_spanning_decades(ax, shown)
         ax.set_xlabel("epoch")
-        ax.set_title(ylabel, fontsize=10)
+        ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         if shown:
             ax.legend(fontsize=7, ncol=1 if len(shown) < 400 else 2)
