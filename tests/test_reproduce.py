@@ -33,6 +33,7 @@ def test_every_figure_is_a_valid_image(smoke):
     for name in FIGURES:
         png = mpimg.imread(out / "figures" / f"{name}.png")
         assert png.ndim == 3 and png.shape[0] > 200 and png.shape[1] > 200, name
+        assert png[..., :3].std() > 0.05, f"{name} is (nearly) blank"  # a white canvas has std 0
         assert (out / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF"), name
 
 

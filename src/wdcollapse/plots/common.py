@@ -17,7 +17,7 @@ from ..runs import Run  # noqa: E402
 METRIC_LABELS = {
     "nc1": r"NC1 = tr($\Sigma_W$) / tr($\Sigma_B$)",
     "nc2": r"NC2 = $s_1(\bar Z) / s_K(\bar Z)$",
-    "balancedness": r"$\|W_{l+1}^T W_{l+1} - W_l W_l^T\|_{op}$ / min($\|W_{l+1}^T W_{l+1}\|_{op}$, $\|W_l W_l^T\|_{op}$)",
+    "balancedness": "$\\|W_{l+1}^T W_{l+1} - W_l W_l^T\\|_{op}$\n/ min($\\|W_{l+1}^T W_{l+1}\\|_{op}$, $\\|W_l W_l^T\\|_{op}$)",
     "negativity": r"$\|Z_l - \sigma(Z_l)\|_{op} / \|Z_l\|_{op}$ (pre-activation)",
 }
 

@@ -36,7 +36,7 @@ def plot_training_curves(runs: list[Run], path_stem: str | Path, first_layer: in
         return save_figure(fig, path_stem)
     L, L1 = runs[0].num_layers, runs[0].nonlinear_depth
     cmap = plt.get_cmap("viridis")
-    for ax, (metric, title, scale) in zip(axes, PANELS):
+    for ax, (metric, panel_title, scale) in zip(axes, PANELS):
         shown = []
         for layer in range(first_layer, L + 1):
             key = f"{metric}/layer_{layer}"
@@ -54,7 +54,7 @@ def plot_training_curves(runs: list[Run], path_stem: str | Path, first_layer: in
             log_scale_if_spanning_decades(ax, shown)
         ax.set_xlabel("epoch")
         ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(panel_title, fontsize=10)
         ax.grid(alpha=0.3)
         if shown:
             ax.legend(fontsize=7, ncol=1 if len(shown) < 400 else 2)
