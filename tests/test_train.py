@@ -77,12 +77,14 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert json.loads((out / "summary.json").read_text())["status"] == "running"
+    killed = json.loads((out / "summary.json").read_text())
+    assert killed["status"] == "running"
     run_train(out, *args)
     ref, resumed = read_metrics(tmp_path / "ref"), read_metrics(out)
     assert [r["epoch"] for r in resumed] == list(range(9))
-    ref_summary, summary = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", out))
-    assert summary["started"] < summary["updated"] and summary["wall_seconds"] > 0.5 * ref_summary["wall_seconds"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["started"] == killed["started"] < summary["updated"]  # the first start time is kept
     for key, value in ref[-1].items():
         assert resumed[-1][key] == (value if value is None or isinstance(value, bool)
                                     else pytest.approx(value, rel=1e-6, abs=1e-9)), key
@@ -100,7 +102,9 @@ def test_divergence_is_recorded_and_exits_cleanly(tmp_path):
     proc = run_train(out, *TINY, "logger=none", "optim.lr=1e6", "trainer.max_epochs=5")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged", proc.stderr[-2000:]
-    assert summary["diverged_epoch"] <= 5
+    # lr 1e6 overflows in the first epoch (epoch 0): it stops there, keeping the row at initialisation
+    assert summary["diverged_epoch"] == 0
+    assert [r["epoch"] for r in read_metrics(out)] == [0]
     assert read_metrics(out)[0]["epoch"] == 0
 
 

@@ -5,7 +5,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 
 from . import claims, theory
 from .figures import FIGURES, figure_spec
