@@ -58,7 +58,7 @@ def load_spec(preset: str) -> tuple[int, list[Figure]]:
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise SystemExit(f"error: unknown preset {preset!r}; choose one of {available}")
     spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    for name, f in spec["figures"].items():
+    for f in spec["figures"].values():
         figure_spec(f["experiment"])  # every figure's plotter and claims are registered
     figures = [
         Figure(name, f["experiment"], {k: str(v) for k, v in f.get("sweep", {}).items()},

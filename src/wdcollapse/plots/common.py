@@ -59,6 +59,15 @@ def annotate_diverged(ax, runs: list[Run]) -> None:
                 fontsize=7, color="crimson", va="bottom")
 
 
+def set_y_scale(ax, values, scale: str, decades: float = 1.5) -> None:
+    """"log" (what the theory has falling exponentially; linear if nothing is positive), "linear",
+    or "auto": log where the values span more than `decades` decades."""
+    if scale == "log" and any(v is not None and v > 0 for v in values):
+        ax.set_yscale("log")
+    elif scale == "auto":
+        log_scale_if_spanning_decades(ax, values, decades)
+
+
 def log_scale_if_spanning_decades(ax, values, decades: float = 1.5) -> None:
     values = np.asarray([v for v in values if v is not None and np.isfinite(v) and v > 0])
     if values.size and np.log10(values.max() / values.min()) > decades:

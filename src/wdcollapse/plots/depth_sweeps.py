@@ -10,7 +10,7 @@ import numpy as np
 
 from ..runs import (Run, by_lr_and_nonlinear_depth, by_weight_decay_and_linear_depth, linear_depth_point,
                     nonlinear_depth_point)
-from .common import METRIC_LABELS, log_scale_if_spanning_decades, save_figure
+from .common import METRIC_LABELS, save_figure, set_y_scale
 
 
 def _errorbar(ax, xs, per_x_values, label, fmt):
@@ -46,10 +46,7 @@ def plot_linear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str =
                 values = [[linear_depth_point(r)[f"{metric}_{where}"] for r in by_depth[x]] for x in xs]
                 label = f"wd {wd:g}, {'input of last layer' if where == 'last' else 'input of first linear layer'}"
                 shown += _errorbar(ax, xs, values, label, fmt)
-        if metric == "nc1" and any(v > 0 for v in shown):
-            ax.set_yscale("log")  # NC1 falls exponentially in the theory
-        else:
-            log_scale_if_spanning_decades(ax, shown, decades=1.0)
+        set_y_scale(ax, shown, "log" if metric == "nc1" else "auto", decades=1.0)
         ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
         _finish_axis(ax, "number of linear layers L2", f"{metric.upper()} at the end of training")
     return _finish_figure(fig, title, path_stem)

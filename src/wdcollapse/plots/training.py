@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..runs import Run, gram_keys
-from .common import METRIC_LABELS, annotate_diverged, log_scale_if_spanning_decades, mean_std_over_runs, save_figure, usable
+from .common import METRIC_LABELS, annotate_diverged, mean_std_over_runs, save_figure, set_y_scale, usable
 
 # (metric, title, y scale). The theory has NC1 and the linear
 # pairs' balancedness fall exponentially: log axes, as in the paper's figures.
@@ -48,10 +48,7 @@ def plot_training_curves(runs: list[Run], path_stem: str | Path, first_layer: in
             ax.plot(epochs, mean, style, color=color, lw=1.6, label=layer_label(layer, L1, metric))
             ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
             shown.extend(mean.tolist())
-        if scale == "log" and any(v > 0 for v in shown):
-            ax.set_yscale("log")
-        elif scale == "auto":
-            log_scale_if_spanning_decades(ax, shown)
+        set_y_scale(ax, shown, scale)
         ax.set_xlabel("epoch")
         ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
         ax.set_title(panel_title, fontsize=10)
