@@ -4,7 +4,7 @@ claims report.
     make reproduce                                  # MNIST figures, cpu preset (< 1 h, 2 cores)
     make reproduce PRESET=smoke                     # the whole pipeline in minutes
     make reproduce PRESET=paper                     # the paper's settings (meant for a GPU)
-    make reproduce CIFAR=../shared/data/cifar10-jpg.tar.gz   # also the CIFAR-10 figures
+    make reproduce CIFAR=path/to/cifar10-jpg.tar.gz     # also the CIFAR-10 figures
     python -m wdcollapse.reproduce --preset cpu --only mlp_mnist --plots-only
 
 Outputs go to outputs/reproduce/<preset>/: runs/<figure>/<overrides>/ (one run directory per
