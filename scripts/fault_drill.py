@@ -7,6 +7,7 @@ final metrics with an uninterrupted run of the same config and seed.
 Prints `kills survived: k/N, epochs lost: 0, max metric difference: x` and exits non-zero if
 a kill cost more than the run it hit (a lost, duplicated or different epoch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,13 @@ from pathlib import Path
 from wdcollapse.io import read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = ["data.num_per_class=100", "model.width=128", "data.batch_size=50", "logger=none",
-       "callbacks.metrics.schedule=every"]
+RUN = [
+    "data.num_per_class=100",
+    "model.width=128",
+    "data.batch_size=50",
+    "logger=none",
+    "callbacks.metrics.schedule=every",
+]
 
 
 def command(out: Path, epochs: int) -> list[str]:
@@ -58,8 +64,9 @@ def main() -> int:
     env = {**os.environ, "WANDB_MODE": "disabled"}
 
     start = time.time()
-    proc = subprocess.Popen(command(out / "reference", args.epochs), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(out / "reference", args.epochs), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     while not read_rows(out / "reference") and proc.poll() is None:
         time.sleep(0.02)
     startup = time.time() - start  # imports, data, model: until the epoch-0 metrics exist
@@ -74,8 +81,9 @@ def main() -> int:
         before = len(read_rows(killed_dir))
         if before == args.epochs + 1:
             break
-        proc = subprocess.Popen(command(killed_dir, args.epochs), cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            command(killed_dir, args.epochs), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         # One kill in five lands during start-up (loading the checkpoint, trimming metrics.jsonl),
         # the others at a random moment of the training that is left.
         if rng.random() < 0.2:
@@ -102,8 +110,10 @@ def main() -> int:
     lost = len(set(range(args.epochs + 1)) - set(epochs)) + (len(epochs) - len(set(epochs)))
     difference = max_relative_difference(reference[-1], final[-1])
     status = read_json(killed_dir / "summary.json")["status"]
-    print(f"kills survived: {survived}/{kills}, epochs lost: {lost}, max metric difference: {difference:.3g}"
-          f" (status {status}, {len(final)} rows)")
+    print(
+        f"kills survived: {survived}/{kills}, epochs lost: {lost}, max metric difference: {difference:.3g}"
+        f" (status {status}, {len(final)} rows)"
+    )
     return 0 if survived == kills and lost == 0 and difference <= 1e-6 and status == "finished" else 1
 
 

@@ -10,6 +10,7 @@ an MLP step costs about 1 ms on a GPU (kernel-launch bound: ~30 small kernels pe
 512) and a ResNet20 step at batch 128 about 10 ms in float32; `make bench-gpu` measures both.
 The metric passes (the paper preset's 50 log-spaced evaluations) add under 1% and are left out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,10 @@ def main() -> int:
     torch.set_num_threads(1)
     register_resolvers()
     _, figures = load_spec("paper")
-    print("| figure | runs | steps per run | CPU s/step (measured) | CPU hours (all runs) | "
-          "GPU hours (ESTIMATE) |\n|---|---|---|---|---|---|")
+    print(
+        "| figure | runs | steps per run | CPU s/step (measured) | CPU hours (all runs) | "
+        "GPU hours (ESTIMATE) |\n|---|---|---|---|---|---|"
+    )
     total_cpu = total_gpu = 0.0
     measured: dict = {}
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
@@ -69,14 +72,25 @@ def main() -> int:
             steps_per_run = set()
             combos = figure.combinations()
             for combo in combos:
-                overrides = [f"experiment={figure.experiment}", *(["preset=paper"] if figure.use_preset else []),
-                             *[f"{k}={v}" for k, v in combo.items()], *figure.overrides]
+                overrides = [
+                    f"experiment={figure.experiment}",
+                    *(["preset=paper"] if figure.use_preset else []),
+                    *[f"{k}={v}" for k, v in combo.items()],
+                    *figure.overrides,
+                ]
                 cfg = compose("train", overrides=overrides)
                 n = cfg.data.num_per_class * cfg.data.num_classes if cfg.data.num_per_class else FULL_SET[cfg.data.name]
                 steps = int(cfg.trainer.max_epochs) * math.ceil(n / int(cfg.data.batch_size or n))
                 steps_per_run.add(steps)
-                shape = (cfg.model._target_, cfg.model.nonlinear_depth, cfg.model.linear_depth, str(cfg.model.width),
-                         tuple(cfg.data.in_shape), cfg.data.batch_size, n)
+                shape = (
+                    cfg.model._target_,
+                    cfg.model.nonlinear_depth,
+                    cfg.model.linear_depth,
+                    str(cfg.model.width),
+                    tuple(cfg.data.in_shape),
+                    cfg.data.batch_size,
+                    n,
+                )
                 if shape not in measured:  # seeds, learning rates and weight decays cost the same
                     measured[shape] = step_seconds(cfg, args.steps)
                 seconds = measured[shape]
@@ -84,8 +98,10 @@ def main() -> int:
                 cpu_h += steps * seconds / 3600
                 gpu_h += steps * (args.gpu_ms_resnet if resnet else args.gpu_ms_mlp) / 1000 / 3600
             label = "/".join(str(s) for s in sorted(steps_per_run))
-            print(f"| {figure.name} | {len(combos)} | {label} | {seconds:.4f} (last run) | {cpu_h:.1f} | "
-                  f"{gpu_h:.1f} |", flush=True)
+            print(
+                f"| {figure.name} | {len(combos)} | {label} | {seconds:.4f} (last run) | {cpu_h:.1f} | {gpu_h:.1f} |",
+                flush=True,
+            )
             total_cpu, total_gpu = total_cpu + cpu_h, total_gpu + gpu_h
     print(f"| all | | | | {total_cpu:.0f} | {total_gpu:.0f} |")
     return 0

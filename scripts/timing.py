@@ -1,6 +1,7 @@
 """What the benchmark scripts time with (bench.py on the CPU, gpu_bench.py on a GPU): the same
 optimizer steps as CollapseModule in a hand-written loop, and a callback that times each
 Lightning epoch and the passes run right after it. No Hydra: the lent GPU machine has none."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ class PlainLoop:
 
     def __init__(self, module: CollapseModule, data, max_epochs: int):
         self.module, self.data = module, data
-        self.opt, self.sched = build_optimizer(module.model.parameters(), module.optim, data.steps_per_epoch,
-                                               max_epochs)
+        self.opt, self.sched = build_optimizer(
+            module.model.parameters(), module.optim, data.steps_per_epoch, max_epochs
+        )
 
     def epoch(self) -> None:
         self.module.train()
@@ -56,7 +58,7 @@ class Rounds(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         lightning, wall = self.clock() - self.start, time.perf_counter() - self.wall
-        measured = {name: timed(lambda: fn(trainer, pl_module), self.clock) for name, fn in self.passes.items()}
+        measured = {name: timed(lambda: fn(trainer, pl_module), self.clock) for name, fn in self.passes.items()}  # noqa: B023 (called at once)
         measured = {"lightning": lightning, "lightning_wall": wall, **measured}
         if trainer.current_epoch == 0:
             self.warmup = measured
@@ -64,8 +66,10 @@ class Rounds(pl.Callback):
         for name, t in measured.items():
             self.times.setdefault(name, []).append(t)
         if self.verbose:
-            print(f"  round {trainer.current_epoch}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in self.times.items()),
-                  flush=True)
+            print(
+                f"  round {trainer.current_epoch}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in self.times.items()),
+                flush=True,
+            )
 
     def median(self, name: str) -> float:
         return float(statistics.median(self.times[name]))
@@ -76,7 +80,7 @@ class Rounds(pl.Callback):
 
 def metric_pass_timed(exact: bool, negativity: bool = True) -> Callable:
     """A pass for `Rounds`: one metric pass over the training set (eval mode), as the callback runs it."""
-    from wdcollapse.probe import metric_pass
+    from wdcollapse.metric_pass import metric_pass
 
     def run(trainer, pl_module) -> None:
         data, net = trainer.datamodule, pl_module.model
@@ -102,11 +106,19 @@ def machine() -> dict:
     """The hardware and versions a measurement ran on."""
     cpu = platform.processor()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
+        cpu = next(
+            l.split(":", 1)[1].strip()
+            for l in Path("/proc/cpuinfo").read_text().splitlines()
+            if l.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }

@@ -11,13 +11,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config):
     # the two Lightning warnings the entry point filters too (wdcollapse.train)
-    config.addinivalue_line("filterwarnings", r"ignore:The number of training batches \(\d+\) is smaller than the logging")
+    config.addinivalue_line(
+        "filterwarnings", r"ignore:The number of training batches \(\d+\) is smaller than the logging"
+    )
     config.addinivalue_line("filterwarnings", r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated")
 
+
 # A tiny MLP on a small MNIST subset: the whole entry point in a few seconds.
-TINY = ["data.num_per_class=10", "model.width=32", "model.nonlinear_depth=2", "model.linear_depth=2",
-        "data.batch_size=32", "optim.warmup_epochs=0", "trainer.max_epochs=2",
-        "callbacks.metrics.schedule=every"]
+TINY = [
+    "data.num_per_class=10",
+    "model.width=32",
+    "model.nonlinear_depth=2",
+    "model.linear_depth=2",
+    "data.batch_size=32",
+    "optim.warmup_epochs=0",
+    "trainer.max_epochs=2",
+    "callbacks.metrics.schedule=every",
+]
 
 
 def run_train(out_dir, *overrides, env=None, check=True, timeout=300):
@@ -37,3 +47,33 @@ def read_metrics(out_dir):
 @pytest.fixture
 def tiny():
     return list(TINY)
+
+
+def reproduce(out):
+    """`wdcollapse-reproduce --preset smoke` into `out` (W&B offline); the CompletedProcess."""
+    cmd = [sys.executable, "-m", "wdcollapse.reproduce", "--preset", "smoke", "--out", str(out)]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    """One smoke reproduction shared by the tests of the report and of W&B."""
+    out = tmp_path_factory.mktemp("reproduce")
+    return out, reproduce(out)
+
+
+def wandb_records(path) -> list[dict]:
+    """The records of an offline W&B run (a .wandb file or its run directory), read by wandb's
+    own reader (`wandb leet inspect --json`)."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    proc = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]

@@ -1,5 +1,6 @@
 """The Lightning pieces in-process on synthetic data: every optimizer trains, the metric callback
 evaluates on its schedule and reaches every logger, epoch 0 is measured before any step."""
+
 import csv
 import json
 
@@ -10,9 +11,9 @@ from pytorch_lightning.loggers import CSVLogger
 
 from wdcollapse.callbacks import AtomicCheckpoint, DivergenceGuard, MetricMonitor, evaluation_epochs
 from wdcollapse.data.tensors import TensorDataModule
+from wdcollapse.metric_pass import metric_pass
 from wdcollapse.models import MLP
 from wdcollapse.module import CollapseModule
-from wdcollapse.probe import metric_pass
 
 
 def synthetic_data(batch_size=16):
@@ -30,9 +31,15 @@ def fit(tmp_path, optim, epochs=3, schedule="every", logger=False, **monitor):
     dm = synthetic_data(batch_size=None if optim["name"] == "gd" else 16)
     module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12), optim=optim)
     monitor = MetricMonitor(tmp_path, schedule=schedule, **monitor)
-    trainer = pl.Trainer(max_epochs=epochs, logger=logger, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[monitor, DivergenceGuard(), AtomicCheckpoint(tmp_path / "ckpt")],
-                         default_root_dir=tmp_path, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor, DivergenceGuard(), AtomicCheckpoint(tmp_path / "ckpt")],
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+    )
     initial = [p.detach().clone() for p in module.parameters()]
     trainer.fit(module, datamodule=dm)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

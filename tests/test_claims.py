@@ -1,4 +1,5 @@
 """The claim rules on synthetic run histories where the answer is known."""
+
 import math
 import re
 from pathlib import Path
@@ -10,8 +11,11 @@ from wdcollapse.runs import Run
 
 
 def fake_run(L1, L2, rows, grams=None, **config):
-    cfg = {"model": {"nonlinear_depth": L1, "linear_depth": L2},
-           "optim": {"weight_decay": config.get("wd", 1e-3), "lr": config.get("lr", 0.01)}, "seed": 0}
+    cfg = {
+        "model": {"nonlinear_depth": L1, "linear_depth": L2},
+        "optim": {"weight_decay": config.get("wd", 1e-3), "lr": config.get("lr", 0.01)},
+        "seed": 0,
+    }
     return Run(Path("/nonexistent"), cfg, {"status": "finished"}, rows, grams)
 
 
@@ -43,10 +47,11 @@ def test_claim1_passes_for_exponential_linear_balancing_and_fails_without_it():
     # epoch) fails beside a clean one: on the mean over seeds it would pass
     for drift in (0.0, 1e-12):
         flat = balancing_rows(4, 3, linear_rate=0.05, nonlinear_value=0.5)
-        for row in flat[len(flat) // 2:]:
+        for row in flat[len(flat) // 2 :]:
             row.update({f"balancedness/layer_{l}": 0.05 - drift * row["epoch"] for l in (5, 6)})
         assert failed(flat) == {"every pair still falling >= 2.0x over the last half"} | (
-            {"log-linear R^2 >= 0.9"} if drift == 0 else set())
+            {"log-linear R^2 >= 0.9"} if drift == 0 else set()
+        )
     # a pair balanced to exactly 0 (an unbounded fall) does not hide the other pair's 4.5x fall
     zero = balancing_rows(4, 3, linear_rate=0.05, nonlinear_value=0.5)
     for row in zero:
@@ -69,8 +74,14 @@ def test_claim1_passes_for_exponential_linear_balancing_and_fails_without_it():
 
 def collapse_run(nc1=0.01, nc2_start=20.0, nc2_end=1.5, offdiag=0.05, L1=4, L2=3):
     L = L1 + L2
-    rows = [{"epoch": e, f"nc1/layer_{L - 1}": nc1 if e else 5.0,
-             **{f"nc2/layer_{l}": nc2_end if e else nc2_start for l in range(1, L + 1)}} for e in (0, 10)]
+    rows = [
+        {
+            "epoch": e,
+            f"nc1/layer_{L - 1}": nc1 if e else 5.0,
+            **{f"nc2/layer_{l}": nc2_end if e else nc2_start for l in range(1, L + 1)},
+        }
+        for e in (0, 10)
+    ]
     gram = [[1.0 if i == j else offdiag for j in range(10)] for i in range(10)]
     keys = [f"preact_{L1}"] + [f"layer_{l}" for l in range(L1 + 1, L)]
     return fake_run(L1, L2, rows, grams={"epoch": 10, "grams": {k: gram for k in keys}})
@@ -82,8 +93,12 @@ def test_claim2_passes_for_collapse_and_fails_for_each_missing_part():
     assert result["evidence"]["mean"]["nc1_penultimate"] == pytest.approx(0.02)
     assert result["evidence"]["mean"]["nc2_fall"] == pytest.approx(20 / 1.5)
     assert result["evidence"]["mean"]["gram_max_offdiag_cosine_last"] == pytest.approx(0.05)
-    for bad in (dict(nc1=0.06), dict(nc2_end=3.2, nc2_start=100.0), dict(nc2_start=5.0, nc2_end=1.5),
-                dict(offdiag=0.25)):
+    for bad in (
+        dict(nc1=0.06),
+        dict(nc2_end=3.2, nc2_start=100.0),
+        dict(nc2_start=5.0, nc2_end=1.5),
+        dict(offdiag=0.25),
+    ):
         assert claims.claim2_collapse([collapse_run(**bad)])["passed"] is False, bad
     # one seed's off-diagonal Gram fails the mean of two (0.05 and 0.45: 0.25)
     assert claims.claim2_collapse([collapse_run(), collapse_run(offdiag=0.45)])["passed"] is False
@@ -93,6 +108,7 @@ def test_claim2_passes_for_collapse_and_fails_for_each_missing_part():
 def test_claim3_and_claim4_follow_the_direction_of_the_trend():
     def nc2_run(depth, nc2):
         return fake_run(5, depth, [{"epoch": 0, f"nc2/layer_{5 + depth - 1}": nc2, "nc2/layer_5": nc2}])
+
     falling = [nc2_run(d, 10.0 / d) for d in (1, 2, 3, 4)]
     assert claims.claim3_nc2_improves_with_linear_depth(falling)["passed"] is True
     rising = [nc2_run(d, 1.0 + d) for d in (1, 2, 3, 4)]
@@ -104,8 +120,11 @@ def test_claim3_and_claim4_follow_the_direction_of_the_trend():
         rows = []
         for e in range(0, 101, 10):
             v = value * (1 + drift * (100 - e))
-            row = {"epoch": e, **{f"balancedness/layer_{l}": v for l in range(1, L1 + 3)},
-                   **{f"negativity/layer_{l}": v for l in range(1, L1 + 1)}}
+            row = {
+                "epoch": e,
+                **{f"balancedness/layer_{l}": v for l in range(1, L1 + 3)},
+                **{f"negativity/layer_{l}": v for l in range(1, L1 + 1)},
+            }
             if minimum is not None:
                 # keep the mean at v: layer 1 at `minimum`, the rest raised to compensate
                 for key, n in (("balancedness", L1 - 1), ("negativity", L1)):
@@ -144,8 +163,12 @@ def test_judge_gives_one_entry_per_figure_and_claim():
 
     good = fake_run(4, 3, balancing_rows(4, 3, linear_rate=0.05, nonlinear_value=0.5), grams=collapse_run().grams)
     for row in good.history:
-        row.update({"nc1/layer_6": 0.01 if row["epoch"] else 5.0,
-                    **{f"nc2/layer_{l}": 1.5 if row["epoch"] else 20.0 for l in range(1, 8)}})
+        row.update(
+            {
+                "nc1/layer_6": 0.01 if row["epoch"] else 5.0,
+                **{f"nc2/layer_{l}": 1.5 if row["epoch"] else 20.0 for l in range(1, 8)},
+            }
+        )
     for name, spec in FIGURES.items():
         entries = claims.judge(spec, [good] if name == "resnet20_cifar10" else [])
         assert [(e["figure"], e["claim"]) for e in entries] == [(name, c) for c in spec.claims]
@@ -156,17 +179,30 @@ def test_judge_gives_one_entry_per_figure_and_claim():
     assert claims.judge(FIGURES["mlp_mnist"], [good])[0]["evidence"]["nonlinear_pairs"] == [3, 4]
     assert claims.judge(FIGURES["resnet20_cifar10"], [])[0]["passed"] is None
     assert {spec.name for spec in FIGURES.values() if spec.claims} == {
-        "mlp_mnist", "resnet20_cifar10", "linear_depth_mnist", "linear_depth_cifar10", "resnet20_mnist",
-        "nonlinear_depth_mnist"}
+        "mlp_mnist",
+        "resnet20_cifar10",
+        "linear_depth_mnist",
+        "linear_depth_cifar10",
+        "resnet20_mnist",
+        "nonlinear_depth_mnist",
+    }
 
 
 def test_claims_page_states_every_threshold_of_the_rules():
     text = (Path(__file__).resolve().parents[1] / "docs" / "claims.md").read_text()
-    for value, written in ((claims.LINEAR_BALANCED, "< 0.1"), (claims.BALANCING_FALL, ">= 10x"),
-                           (claims.EXPONENTIAL_R2, "R^2 >= 0.9"), (claims.LAST_HALF_FALL, ">= 2x"),
-                           (claims.NONLINEAR_GAP, ">= 3x"), (claims.NC1_COLLAPSED, "< 0.05"),
-                           (claims.NC2_CLOSE, "< 3"), (claims.NC2_FALL, ">= 5x"), (claims.GRAM_OFF_DIAGONAL, "< 0.2"),
-                           (claims.SETTLED_CHANGE, "<= 5%"), (claims.SETTLED_FROM, "75%")):
+    for value, written in (
+        (claims.LINEAR_BALANCED, "< 0.1"),
+        (claims.BALANCING_FALL, ">= 10x"),
+        (claims.EXPONENTIAL_R2, "R^2 >= 0.9"),
+        (claims.LAST_HALF_FALL, ">= 2x"),
+        (claims.NONLINEAR_GAP, ">= 3x"),
+        (claims.NC1_COLLAPSED, "< 0.05"),
+        (claims.NC2_CLOSE, "< 3"),
+        (claims.NC2_FALL, ">= 5x"),
+        (claims.GRAM_OFF_DIAGONAL, "< 0.2"),
+        (claims.SETTLED_CHANGE, "<= 5%"),
+        (claims.SETTLED_FROM, "75%"),
+    ):
         assert written in text, (value, written)
         number = float(re.findall(r"\d+(?:\.\d+)?", written)[-1])
         assert number in (value, value * 100), (value, written)
@@ -179,20 +215,26 @@ def test_spearman_and_offdiagonal_cosine():
     assert claims.max_offdiag_cosine([[1.0, 0.5], [0.5, 1.0]]) == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_report_and_figures_survive_diverged_and_missing_runs(tmp_path):
     import json as _json
 
     import yaml
 
-    from wdcollapse.reproduce import Figure, figure_runs
     from wdcollapse.report import make_figures, write_report
+    from wdcollapse.reproduce import Figure, figure_runs
 
     figure = Figure("mlp_mnist", "mlp_mnist", {"seed": "0,1,2"})
     for seed, status in ((0, "finished"), (1, "diverged")):
         run = tmp_path / "runs" / "mlp_mnist" / f"seed={seed}"
         run.mkdir(parents=True)
-        cfg = {"seed": seed, "model": {"nonlinear_depth": 6, "linear_depth": 3, "width": 8},
-               "optim": {"lr": 0.01, "weight_decay": 1e-3}, "trainer": {"max_epochs": 2}, "data": {}}
+        cfg = {
+            "seed": seed,
+            "model": {"nonlinear_depth": 6, "linear_depth": 3, "width": 8},
+            "optim": {"lr": 0.01, "weight_decay": 1e-3},
+            "trainer": {"max_epochs": 2},
+            "data": {},
+        }
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
         rows = balancing_rows(6, 3, 0.05, 0.5, epochs=20 if status == "finished" else 10)
         for row in rows:
@@ -219,10 +261,12 @@ def test_report_settings_list_every_value_a_sweep_used_and_the_figures_open_arch
         run = fake_run(depth, 3, [{"epoch": 0}], lr=0.001)
         run.config["optim"].update(momentum=momentum, lr_drop_at=None)
         runs.append(run)
-    rows = {key: (paper, ours) for key, paper, ours in settings_rows(
-        SimpleNamespace(experiment="nonlinear_depth_mnist"), runs)}
+    rows = {
+        key: (paper, ours)
+        for key, paper, ours in settings_rows(SimpleNamespace(experiment="nonlinear_depth_mnist"), runs)
+    }
     assert rows["optim.momentum"] == ("not stated (ASSUMPTION)", "0, 0.9")  # both, not the first run's
-    assert rows["model.linear_depth"] == ("not stated (ASSUMPTION)", "3")     # this figure's open architecture
+    assert rows["model.linear_depth"] == ("not stated (ASSUMPTION)", "3")  # this figure's open architecture
     assert rows["optim.lr_drop_at"][0].startswith("0.8 (reported")
     assert rows["optim.weight_decay"][0] == "0.016 / L"
     mlp = {key for key, _, _ in settings_rows(SimpleNamespace(experiment="mlp_mnist"), runs)}

@@ -1,4 +1,5 @@
 """Every experiment config composes, resolves, passes the config check and builds its model."""
+
 import re
 from pathlib import Path
 
@@ -38,8 +39,14 @@ def refusal(cfg) -> str:
 
 
 def test_there_are_experiments():
-    assert {"mlp_mnist", "linear_depth_mnist", "nonlinear_depth_mnist", "resnet20_cifar10",
-            "linear_depth_cifar10", "resnet20_mnist"} <= set(EXPERIMENTS)
+    assert {
+        "mlp_mnist",
+        "linear_depth_mnist",
+        "nonlinear_depth_mnist",
+        "resnet20_cifar10",
+        "linear_depth_cifar10",
+        "resnet20_mnist",
+    } <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -78,13 +85,16 @@ def test_slurm_launcher_composes_with_documented_job_parameters():
     assert launcher.name == "wdcollapse-mlp_mnist"
 
 
-@pytest.mark.parametrize("overrides,words", [
-    (["+trainer.gradient_clip_val=1.0"], ["trainer.gradient_clip_val", "manual"]),
-    (["+trainer.accumulate_grad_batches=2"], ["trainer.accumulate_grad_batches", "manual"]),
-    (["+trainer.max_steps=100"], ["steps_per_call=16", "trainer.max_steps"]),
-    (["+trainer.limit_train_batches=0.5"], ["steps_per_call=16", "trainer.limit_train_batches"]),
-    (["steps_per_call=0"], ["steps_per_call=0", ">= 1"]),
-])
+@pytest.mark.parametrize(
+    "overrides,words",
+    [
+        (["+trainer.gradient_clip_val=1.0"], ["trainer.gradient_clip_val", "manual"]),
+        (["+trainer.accumulate_grad_batches=2"], ["trainer.accumulate_grad_batches", "manual"]),
+        (["+trainer.max_steps=100"], ["steps_per_call=16", "trainer.max_steps"]),
+        (["+trainer.limit_train_batches=0.5"], ["steps_per_call=16", "trainer.limit_train_batches"]),
+        (["steps_per_call=0"], ["steps_per_call=0", ">= 1"]),
+    ],
+)
 def test_settings_that_manual_step_groups_cannot_honour_are_refused(overrides, words):
     cfg = job_cfg(*overrides)
     message = refusal(cfg)
@@ -101,14 +111,17 @@ def test_sync_batchnorm_is_refused_on_the_cpu():
     check_config(cfg)
 
 
-@pytest.mark.parametrize("overrides,words", [
-    (["optim.lr=abc"], ["optim.lr='abc'", "a number"]),
-    (["optim.lr_drop_at=0.5", "optim.lr_drop_factor=-1"], ["optim.lr_drop_factor=-1", "> 0"]),
-    (["optim.warmup_epochs=-1"], ["optim.warmup_epochs=-1", ">= 0"]),
-    (["optim=gd", "data.batch_size=32"], ["data.batch_size=32", "optim=gd", "optim=sgd"]),
-    (["data.test_num_per_class=0"], ["data.test_num_per_class=0", ">= 1"]),
-    (["model.width=[3,4]"], ["model.width", "= 8 such integers"]),
-])
+@pytest.mark.parametrize(
+    "overrides,words",
+    [
+        (["optim.lr=abc"], ["optim.lr='abc'", "a number"]),
+        (["optim.lr_drop_at=0.5", "optim.lr_drop_factor=-1"], ["optim.lr_drop_factor=-1", "> 0"]),
+        (["optim.warmup_epochs=-1"], ["optim.warmup_epochs=-1", ">= 0"]),
+        (["optim=gd", "data.batch_size=32"], ["data.batch_size=32", "optim=gd", "optim=sgd"]),
+        (["data.test_num_per_class=0"], ["data.test_num_per_class=0", ">= 1"]),
+        (["model.width=[3,4]"], ["model.width", "= 8 such integers"]),
+    ],
+)
 def test_more_bad_settings_are_refused_with_what_to_do(overrides, words):
     message = refusal(job_cfg(*overrides))
     assert all(w in message for w in words), message
@@ -117,8 +130,17 @@ def test_more_bad_settings_are_refused_with_what_to_do(overrides, words):
 def test_unknown_config_group_options_are_named_with_the_choices():
     from wdcollapse.config import check_group_choices
 
-    check_group_choices(["data=mnist", "model=mlp,resnet20", "+preset=cpu", "hydra/launcher=joblib", "seed=1,2",
-                         "model=choice(mlp,resnet20)", "experiment=glob(linear_*)"])
+    check_group_choices(
+        [
+            "data=mnist",
+            "model=mlp,resnet20",
+            "+preset=cpu",
+            "hydra/launcher=joblib",
+            "seed=1,2",
+            "model=choice(mlp,resnet20)",
+            "experiment=glob(linear_*)",
+        ]
+    )
     with pytest.raises(ConfigError, match=r"model='vit' is not allowed: one of \['mlp', 'resnet20'\]"):
         check_group_choices(["-m", "model=mlp,vit"])
     with pytest.raises(ConfigError, match="experiment='nope'"):
@@ -127,7 +149,7 @@ def test_unknown_config_group_options_are_named_with_the_choices():
 
 def test_every_file_the_readme_assumption_table_cites_exists_and_marks_assumptions():
     readme = (CONF.parent / "README.md").read_text()
-    table = readme[readme.index("## Assumptions"):readme.index("## Layout")]
+    table = readme[readme.index("## Assumptions") : readme.index("## Layout")]
     cited = set(re.findall(r"`((?:conf|src)/[^`]+)`", table))
     assert len(cited) >= 8
     assert not re.findall(r"\| [^|]*`[\w*]+\.yaml`", table), "name config files by their path from the repo root"

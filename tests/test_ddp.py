@@ -1,18 +1,19 @@
 """Data parallelism: the metric pass reduced across processes equals the single-process pass,
 the training shards are disjoint, and a real 2-process DDP run (CPU, gloo) writes the same
 epoch-0 metrics as a single-process run, once, from rank 0."""
+
 import json
 import math
 import socket
 
 import pytest
 import torch
-
 from conftest import TINY, read_metrics, run_train
+
 from wdcollapse.data.tensors import PermutationBatches
+from wdcollapse.metric_pass import accuracy, metric_pass
 from wdcollapse.models import MLP
-from wdcollapse.probe import accuracy, metric_pass
-from wdcollapse.theory import TheoryObserver
+from wdcollapse.theory_monitors import TheoryObserver
 
 
 def in_process_reduce():
@@ -32,17 +33,17 @@ def test_merged_halves_equal_the_full_pass(exact):
     torch.manual_seed(0)
     net = MLP((1, 6, 6), 5, nonlinear_depth=2, linear_depth=3, width=24).eval()
     x, y = torch.randn(300, 1, 6, 6), torch.arange(300) % 5
-    chunks = [(x[i:i + 40], y[i:i + 40]) for i in range(0, 300, 40)]  # 8 chunks, the last short
+    chunks = [(x[i : i + 40], y[i : i + 40]) for i in range(0, 300, 40)]  # 8 chunks, the last short
     loss_fn = lambda out, t: 0.5 * (out - torch.nn.functional.one_hot(t, 5)).pow(2).sum()  # noqa: E731
     full, full_grams = metric_pass(net, chunks, 5, loss_fn=loss_fn, observers=[TheoryObserver(net, 5)], exact=exact)
 
     # rank 0 takes chunks 0, 2, ...; rank 1 chunks 1, 3, ... (eval_batches' split); the
     # second (last) call sees both states and merges them in rank order.
     reduce = in_process_reduce()
-    metric_pass(net, chunks[0::2], 5, loss_fn=loss_fn, observers=[TheoryObserver(net, 5)], exact=exact,
-                reduce=reduce)
-    merged, merged_grams = metric_pass(net, chunks[1::2], 5, loss_fn=loss_fn,
-                                       observers=[TheoryObserver(net, 5)], exact=exact, reduce=reduce)
+    metric_pass(net, chunks[0::2], 5, loss_fn=loss_fn, observers=[TheoryObserver(net, 5)], exact=exact, reduce=reduce)
+    merged, merged_grams = metric_pass(
+        net, chunks[1::2], 5, loss_fn=loss_fn, observers=[TheoryObserver(net, 5)], exact=exact, reduce=reduce
+    )
     assert set(merged) == set(full) and any(k.startswith("theory/") for k in full)
     for key, value in full.items():
         if isinstance(value, bool) or value is None or (isinstance(value, float) and math.isinf(value)):
@@ -93,13 +94,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_a_single_process_run(tmp_path):
     # eval_chunk=25: 4 chunks of the 100 training samples, 2 per rank (the chunks of the
     # single-process pass, so even the float32 fast path agrees to float64 rounding)
     args = [*TINY, "logger=none", "data.eval_chunk=25", "trainer.max_epochs=2"]
     run_train(tmp_path / "single", *args, timeout=120)
-    run_train(tmp_path / "ddp", *args, "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
-              env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}, timeout=180)
+    run_train(
+        tmp_path / "ddp",
+        *args,
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())},
+        timeout=180,
+    )
     single, ddp = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "ddp")
     assert [r["epoch"] for r in ddp] == [0, 1, 2]  # written once (by rank 0 only)
     assert all(set(r) == set(single[0]) for r in ddp)
@@ -116,6 +125,7 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_run(tmp_path):
     assert not list((tmp_path / "ddp" / "checkpoints").glob(".*tmp"))
 
 
+@pytest.mark.slow
 def test_killed_ddp_run_resumes_to_the_uninterrupted_result(tmp_path):
     import os
     import signal
@@ -125,15 +135,27 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     from conftest import REPO
 
-    args = [*TINY, "logger=none", "trainer.max_epochs=12", "data.num_per_class=30", "trainer.strategy=ddp",
-            "trainer.devices=2", "trainer.accelerator=cpu"]
+    args = [
+        *TINY,
+        "logger=none",
+        "trainer.max_epochs=12",
+        "data.num_per_class=30",
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+    ]
     env = lambda: {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}  # noqa: E731
     run_train(tmp_path / "ref", *args, env=env(), timeout=300)
     out = tmp_path / "killed"
     # Its own session: the kill takes rank 0 and the rank-1 process it started.
-    proc = subprocess.Popen([sys.executable, "-m", "wdcollapse.train", *args, f"hydra.run.dir={out}"], cwd=REPO,
-                            env={**os.environ, "WANDB_MODE": "offline", **env()}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wdcollapse.train", *args, f"hydra.run.dir={out}"],
+        cwd=REPO,
+        env={**os.environ, "WANDB_MODE": "offline", **env()},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
@@ -151,11 +173,13 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_result(tmp_path):
     # the rows before the checkpoint are kept as they were
     assert (out / "metrics.jsonl").read_text().splitlines()[:2] == kept[:2]
     for key, value in ref[-1].items():
-        assert resumed[-1][key] == (value if value is None or isinstance(value, bool)
-                                    else pytest.approx(value, rel=1e-6, abs=1e-9)), key
+        assert resumed[-1][key] == (
+            value if value is None or isinstance(value, bool) else pytest.approx(value, rel=1e-6, abs=1e-9)
+        ), key
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_ddp_step_groups_and_batchnorm_buffers(tmp_path):
     """ResNet20 (BatchNorm) under 2-process DDP: several optimizer steps per training_step
     call give exactly the rows of one step per call, and every row is the single-process
@@ -164,10 +188,22 @@ def test_ddp_step_groups_and_batchnorm_buffers(tmp_path):
     through a network with its own running statistics."""
     from wdcollapse.restore import restore
 
-    args = ["model=resnet20", "model.width=16", "model.nonlinear_depth=1", "model.linear_depth=2",
-            "data.num_per_class=10", "data.batch_size=16", "data.eval_chunk=25", "optim.warmup_epochs=0",
-            "trainer.max_epochs=2", "callbacks.metrics.schedule=every", "logger=none",
-            "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+    args = [
+        "model=resnet20",
+        "model.width=16",
+        "model.nonlinear_depth=1",
+        "model.linear_depth=2",
+        "data.num_per_class=10",
+        "data.batch_size=16",
+        "data.eval_chunk=25",
+        "optim.warmup_epochs=0",
+        "trainer.max_epochs=2",
+        "callbacks.metrics.schedule=every",
+        "logger=none",
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+    ]
     env = lambda: {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}  # noqa: E731
     run_train(tmp_path / "one", *args, "steps_per_call=1", env=env(), timeout=300)
     run_train(tmp_path / "groups", *args, "steps_per_call=4", env=env(), timeout=300)
@@ -180,8 +216,9 @@ def test_ddp_step_groups_and_batchnorm_buffers(tmp_path):
     assert any(isinstance(m, torch.nn.BatchNorm2d) and m.num_batches_tracked > 0 for m in net.modules())
     n = data.num_train
     loss_fn = lambda out, y: 0.5 * (out - torch.nn.functional.one_hot(y, 10)).pow(2).sum() / n  # noqa: E731
-    row, _ = metric_pass(net, data.eval_batches("train"), data.num_classes, loss_fn=loss_fn,
-                         exact=bool(cfg.callbacks.metrics.exact))
+    row, _ = metric_pass(
+        net, data.eval_batches("train"), data.num_classes, loss_fn=loss_fn, exact=bool(cfg.callbacks.metrics.exact)
+    )
     last = groups[-1]
     assert last["train/acc"] == row.pop("acc")
     assert last["train/loss"] == pytest.approx(row.pop("loss"), rel=1e-8)

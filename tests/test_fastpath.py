@@ -1,6 +1,7 @@
 """The fast paths of issue 4: the accumulators' `exact=False` (each batch in float32, summed
 in float64) against the exact float64 path, the in-memory loader's hook order, and the GPU
 options of CollapseModule (on the CPU: they construct and train a step)."""
+
 import math
 
 import pytest
@@ -9,9 +10,9 @@ import torch
 
 from wdcollapse import metrics
 from wdcollapse.data.tensors import TensorDataModule
+from wdcollapse.metric_pass import metric_pass
 from wdcollapse.models import MLP, ResNet20
 from wdcollapse.module import CollapseModule
-from wdcollapse.probe import metric_pass
 
 # The fast path's stated accuracy: float32 per batch, float64 across batches.
 FAST_RTOL = 1e-5
@@ -104,8 +105,15 @@ def test_data_reaches_the_training_device_before_the_train_loader_is_built(tmp_p
     # moving the data any later would leave the loader with the CPU tensors.
     data = SyntheticData(batch_size=16)
     module = CollapseModule(MLP((1, 28, 28), 10, 1, 2, width=8), optim={"name": "sgd", "lr": 0.01})
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=data)
     assert data.events[0] == ("to", "cpu")
     assert data.events.index(("train_dataloader", "cpu")) > 0

@@ -1,18 +1,34 @@
 """scripts/gpu_bench.py (run where a GPU is lent) keeps working: its quick mode on the CPU."""
+
 import json
 import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_gpu_bench_quick_mode_measures_every_field(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "scripts/gpu_bench.py", "--quick", "--rounds", "1", "--out", str(out),
-                           "--only", "mlp_b128_fp32", "resnet20_b128_bf16_cl"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "scripts/gpu_bench.py",
+            "--quick",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+            "--only",
+            "mlp_b128_fp32",
+            "resnet20_b128_bf16_cl",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     settings = json.loads(out.read_text())["settings"]
     assert set(settings) == {"mlp_b128_fp32", "resnet20_b128_bf16_cl"}

@@ -1,4 +1,5 @@
 """Writes that survive a kill: whole-line appends, temp-file-then-rename replacements."""
+
 import json
 from unittest import mock
 

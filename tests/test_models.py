@@ -77,6 +77,7 @@ def test_resnet20_trunk_runs_in_pieces_only_outside_training():
     assert torch.allclose(trace.output, net.layers[2](net.layers[1](net.activation(net.layers[0](pieces)))))
 
 
+@pytest.mark.slow
 def test_compiled_resnet20_traces_the_trunk_once():
     from torch._dynamo.testing import CompileCounter
 
@@ -110,11 +111,11 @@ def test_smooth_leaky_relu_meets_assumption_4_2():
     x = torch.linspace(-20, 20, 20001, dtype=torch.float64, requires_grad=True)
     y = act(x)
     (grad,) = torch.autograd.grad(y.sum(), x, create_graph=True)
-    assert grad.min() >= gamma - 1e-12 and grad.max() <= 1 + 1e-12          # (i)
-    assert (y.abs() <= x.abs() + 1e-12).all()                                # (ii)
+    assert grad.min() >= gamma - 1e-12 and grad.max() <= 1 + 1e-12  # (i)
+    assert (y.abs() <= x.abs() + 1e-12).all()  # (ii)
     assert abs(act(torch.zeros(1, dtype=torch.float64)).item()) < 1e-15
     (second,) = torch.autograd.grad(grad.sum(), x)
-    assert second.abs().max() <= (1 - gamma) * beta / 4 + 1e-9              # (iii): sigma' Lipschitz
+    assert second.abs().max() <= (1 - gamma) * beta / 4 + 1e-9  # (iii): sigma' Lipschitz
     sharp = SmoothLeakyReLU(gamma, beta=200.0)
     z = torch.linspace(-5, 5, 1001, dtype=torch.float64)
     leaky = torch.where(z > 0, z, gamma * z)

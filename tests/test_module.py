@@ -10,17 +10,27 @@ def test_mse_reductions_match_their_definitions():
     out, y = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 5, (12,))
     onehot = F.one_hot(y, 5).double()
     assert classification_loss(out, y, "mse", "mean") == pytest.approx(F.mse_loss(out, onehot).item(), rel=1e-12)
-    assert classification_loss(out, y, "mse", "half_sum") == pytest.approx(0.5 * ((out - onehot) ** 2).sum().item(), rel=1e-12)
-    assert classification_loss(out, y, "mse", "half_mean") == pytest.approx(0.5 * ((out - onehot) ** 2).sum().item() / 12, rel=1e-12)
-    assert classification_loss(out, y, "cross_entropy", "mean") == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-12)
+    assert classification_loss(out, y, "mse", "half_sum") == pytest.approx(
+        0.5 * ((out - onehot) ** 2).sum().item(), rel=1e-12
+    )
+    assert classification_loss(out, y, "mse", "half_mean") == pytest.approx(
+        0.5 * ((out - onehot) ** 2).sum().item() / 12, rel=1e-12
+    )
+    assert classification_loss(out, y, "cross_entropy", "mean") == pytest.approx(
+        F.cross_entropy(out, y).item(), rel=1e-12
+    )
 
 
-@pytest.mark.parametrize("loss,reduction", [("mse", "mean"), ("mse", "half_mean"), ("mse", "half_sum"), ("cross_entropy", "mean")])
+@pytest.mark.parametrize(
+    "loss,reduction", [("mse", "mean"), ("mse", "half_mean"), ("mse", "half_sum"), ("cross_entropy", "mean")]
+)
 def test_loss_shares_over_a_partition_sum_to_the_full_loss(loss, reduction):
     torch.manual_seed(1)
     out, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 4, (30,))
     full = classification_loss(out, y, loss, reduction)
-    parts = sum(classification_loss(out[i:i + 7], y[i:i + 7], loss, reduction, num_total=30) for i in range(0, 30, 7))
+    parts = sum(
+        classification_loss(out[i : i + 7], y[i : i + 7], loss, reduction, num_total=30) for i in range(0, 30, 7)
+    )
     assert parts.item() == pytest.approx(full.item(), rel=1e-12)
 
 
@@ -46,12 +56,21 @@ def _train(steps_per_call, lr=0.05, epochs=2, callbacks=(), tmp_path=None):
     y = torch.arange(60) % 10
     dm.train_x = torch.randn(10, 1, 4, 4)[y] + 0.3 * torch.randn(60, 1, 4, 4)
     dm.train_y, dm.test_x, dm.test_y = y, dm.train_x[:10].clone(), y[:10].clone()
-    module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12),
-                            optim={"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-3, "warmup_epochs": 1})
+    module = CollapseModule(
+        MLP((1, 4, 4), 10, 2, 2, width=12),
+        optim={"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-3, "warmup_epochs": 1},
+    )
     initial = {k: v.clone() for k, v in module.model.state_dict().items()}
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks),
-                         accelerator="cpu", default_root_dir=tmp_path, callbacks=[DivergenceGuard(), *callbacks])
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks),
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        callbacks=[DivergenceGuard(), *callbacks],
+    )
     trainer.fit(module, datamodule=dm)
     return module, trainer, dm, initial
 
@@ -75,7 +94,7 @@ def test_step_groups_train_exactly_like_one_step_per_call_and_like_a_plain_loop(
     for epoch in range(2):
         dm.trainer = None
         batches = dm.train_batches()
-        batches.epoch = lambda: epoch
+        batches.epoch = lambda: epoch  # noqa: B023 (read within the iteration)
         for x, y in batches:
             opt.zero_grad(set_to_none=True)
             classification_loss(net(x), y, "mse", "half_mean").backward()
@@ -109,8 +128,15 @@ def test_resumed_grouped_run_equals_an_uninterrupted_one(tmp_path):
 
     straight, _, _, _ = _train(3, epochs=4, tmp_path=tmp_path / "a")
     first, _, dm, _ = _train(3, epochs=2, callbacks=[AtomicCheckpoint(tmp_path / "ckpt")], tmp_path=tmp_path / "b")
-    trainer2 = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                          enable_checkpointing=False, accelerator="cpu", default_root_dir=tmp_path / "d")
+    trainer2 = pl.Trainer(
+        max_epochs=4,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path / "d",
+    )
     trainer2.fit(first, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert trainer2.global_step == 32
     for (name, a), b in zip(straight.model.state_dict().items(), first.model.state_dict().values()):
@@ -132,9 +158,16 @@ def test_bf16_autocast_trains_with_step_groups_exactly_like_single_steps(tmp_pat
         dm.test_x, dm.test_y = dm.train_x[:10].clone(), y[:10].clone()
         module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12), optim={"name": "sgd", "lr": 0.05})
         before = module.model.layers[0].weight.detach().clone()
-        trainer = pl.Trainer(max_epochs=2, precision="bf16-mixed", logger=False, enable_progress_bar=False,
-                             enable_model_summary=False, enable_checkpointing=False, accelerator="cpu",
-                             default_root_dir=tmp_path)
+        trainer = pl.Trainer(
+            max_epochs=2,
+            precision="bf16-mixed",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            accelerator="cpu",
+            default_root_dir=tmp_path,
+        )
         trainer.fit(module, datamodule=dm)
         assert trainer.global_step == 10 and torch.isfinite(module.epoch_loss_sum)
         assert module.model.layers[0].weight.dtype == torch.float32  # autocast: fp32 master weights
@@ -161,7 +194,14 @@ def test_checkpoint_of_the_automatic_optimization_era_resumes_with_its_step_coun
     for part in ("total", "current"):
         manual[part] = {k: 0 for k in manual[part]}
     torch.save(ckpt, tmp_path / "old.ckpt")
-    trainer = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, accelerator="cpu", default_root_dir=tmp_path / "d")
+    trainer = pl.Trainer(
+        max_epochs=4,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path / "d",
+    )
     trainer.fit(first, datamodule=dm, ckpt_path=str(tmp_path / "old.ckpt"))
     assert trainer.global_step == 32

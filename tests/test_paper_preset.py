@@ -3,14 +3,15 @@ composed exactly as `make reproduce PRESET=paper` composes it (the same multirun
 paper's widths, epochs schedule, metric schedule and learning-rate drop) and trained for one
 optimizer step on a tiny subset, so that the path a GPU user takes is known to run. The CIFAR-10
 figures read a tiny JPEG class folder written here, so nothing is skipped."""
+
 import json
 import os
 import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from wdcollapse.data.sources import CIFAR10_CLASSES
 from wdcollapse.reproduce import Figure, load_spec, multirun_command
 
@@ -35,14 +36,26 @@ def tiny_cifar(folder):
 
 def test_every_figure_of_the_paper_preset_trains_one_step(tmp_path):
     _, figures = load_spec("paper")
-    assert {f.name for f in figures} >= {"mlp_mnist", "resnet20_cifar10", "linear_depth_mnist",
-                                         "linear_depth_cifar10", "resnet20_mnist", "nonlinear_depth_mnist"}
+    assert {f.name for f in figures} >= {
+        "mlp_mnist",
+        "resnet20_cifar10",
+        "linear_depth_mnist",
+        "linear_depth_cifar10",
+        "resnet20_mnist",
+        "nonlinear_depth_mnist",
+    }
     cifar = tiny_cifar(tmp_path / "cifar")
     env = {**os.environ, "WANDB_MODE": "disabled"}
     for figure in figures:
         # the first point of each sweep, with the preset's own settings otherwise
-        first = Figure(figure.name, figure.experiment, {k: v.split(",")[0] for k, v in figure.sweep.items()},
-                       figure.overrides, figure.needs, figure.use_preset)
+        first = Figure(
+            figure.name,
+            figure.experiment,
+            {k: v.split(",")[0] for k, v in figure.sweep.items()},
+            figure.overrides,
+            figure.needs,
+            figure.use_preset,
+        )
         extra = TINY + ([f"data.image_folder={cifar}"] if figure.needs == "cifar10" else [])
         sweep_dir = tmp_path / "runs" / figure.name
         cmd = multirun_command(first, "paper", sweep_dir, 1, extra)

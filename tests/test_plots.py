@@ -1,5 +1,6 @@
 """The training-curve figure reads like the paper's: its title, one panel per metric with the
 metric's definition on the y axis, log axes for what falls exponentially, one line per layer."""
+
 import math
 from pathlib import Path
 from unittest import mock
@@ -32,7 +33,10 @@ def test_training_curves_have_the_title_definitions_log_axes_and_a_line_per_laye
     assert fig._suptitle.get_text().startswith("My figure  (2 seed(s), band = 1 std")
     nc1, nc2, bal, neg = fig.axes[:4]
     assert [ax.get_title() for ax in (nc1, bal, neg)] == [
-        "NC1 (within-class variability)", "balancedness of pair (l, l+1)", "negativity (ReLU layers)"]
+        "NC1 (within-class variability)",
+        "balancedness of pair (l, l+1)",
+        "negativity (ReLU layers)",
+    ]
     assert "tr($\\Sigma_W$)" in nc1.get_ylabel() and "W_l W_l^T" in bal.get_ylabel() and "sigma" in neg.get_ylabel()
     assert nc1.get_yscale() == "log" and bal.get_yscale() == "log" and neg.get_yscale() == "linear"
     assert len(nc1.get_lines()) == 6 and len(bal.get_lines()) == 5 and len(neg.get_lines()) == 3  # layers 2..7

@@ -1,4 +1,5 @@
 """`make reproduce PRESET=smoke` end to end, and re-running it."""
+
 import json
 import subprocess
 import sys
@@ -6,26 +7,19 @@ import sys
 import matplotlib.image as mpimg
 import pytest
 import yaml
-
-from conftest import REPO
+from conftest import REPO, reproduce
 
 pytestmark = pytest.mark.slow
-FIGURES = ["mlp_mnist_curves", "mlp_mnist_grams", "mlp_mnist_theorem31", "linear_depth_mnist",
-           "nonlinear_depth_mnist", "resnet20_mnist", "theory_gd_theorem31", "theory_gd_phases"]
-
-
-def reproduce(out):
-    cmd = [sys.executable, "-m", "wdcollapse.reproduce", "--preset", "smoke", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**__import__("os").environ, "WANDB_MODE": "offline"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reproduce")
-    return out, reproduce(out)
+FIGURES = [
+    "mlp_mnist_curves",
+    "mlp_mnist_grams",
+    "mlp_mnist_theorem31",
+    "linear_depth_mnist",
+    "nonlinear_depth_mnist",
+    "resnet20_mnist",
+    "theory_gd_theorem31",
+    "theory_gd_phases",
+]
 
 
 def test_every_figure_is_a_valid_image(smoke):
@@ -45,8 +39,15 @@ def test_report_has_one_entry_per_figure_and_claim_with_numbers_from_the_run_dir
     out, proc = smoke
     report = json.loads((out / "report.json").read_text())
     assert [(c["figure"], c["claim"]) for c in report["claims"]] == [
-        ("mlp_mnist", 1), ("mlp_mnist", 2), ("linear_depth_mnist", 3), ("nonlinear_depth_mnist", 4),
-        ("resnet20_mnist", 3), ("resnet20_cifar10", 1), ("resnet20_cifar10", 2), ("linear_depth_cifar10", 3)]
+        ("mlp_mnist", 1),
+        ("mlp_mnist", 2),
+        ("linear_depth_mnist", 3),
+        ("nonlinear_depth_mnist", 4),
+        ("resnet20_mnist", 3),
+        ("resnet20_cifar10", 1),
+        ("resnet20_cifar10", 2),
+        ("linear_depth_cifar10", 3),
+    ]
     for claim in report["claims"]:
         assert claim["rule"] and set(claim) >= {"figure", "claim", "passed", "rule", "evidence"}
         if claim["figure"].endswith("cifar10"):  # no CIFAR-10 given: listed, not decided
@@ -81,8 +82,11 @@ def test_report_has_one_entry_per_figure_and_claim_with_numbers_from_the_run_dir
         assert f"| {claim['figure']} | {claim['claim']} | **{label}** |" in text
     assert "docs/claims.md" in text and "not stated (ASSUMPTION)" in text and "metric pass share" in text
     assert "mlp_mnist, claim 1:" in proc.stdout
-    assert [c["id"] for c in report["theory"]] == ["theorem_3_1_bound/mlp_mnist", "theorem_3_1_bound/theory_gd",
-                                                    "balancing_rate/theory_gd"]
+    assert [c["id"] for c in report["theory"]] == [
+        "theorem_3_1_bound/mlp_mnist",
+        "theorem_3_1_bound/theory_gd",
+        "balancing_rate/theory_gd",
+    ]
     assert report["theory"][2]["passed"] is not None
 
 
@@ -115,13 +119,33 @@ CIFAR_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 @pytest.mark.skipif(not CIFAR_TARBALL.is_file(), reason=f"CIFAR-10 JPEG tarball not present at {CIFAR_TARBALL}")
 def test_cifar10_figures_run_from_the_jpeg_tarball(tmp_path):
-    cmd = [sys.executable, "-m", "wdcollapse.reproduce", "--preset", "smoke", "--out", str(tmp_path),
-           "--only", "resnet20_cifar10", "linear_depth_cifar10", "--cifar", str(CIFAR_TARBALL)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**__import__("os").environ, "WANDB_MODE": "offline"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "wdcollapse.reproduce",
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path),
+        "--only",
+        "resnet20_cifar10",
+        "linear_depth_cifar10",
+        "--cifar",
+        str(CIFAR_TARBALL),
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**__import__("os").environ, "WANDB_MODE": "offline"},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["skipped_figures"] == {}
-    assert report["runs"]["resnet20_cifar10"]["finished"] == 1 and report["runs"]["linear_depth_cifar10"]["finished"] == 2
+    assert (
+        report["runs"]["resnet20_cifar10"]["finished"] == 1 and report["runs"]["linear_depth_cifar10"]["finished"] == 2
+    )
     for name in ("resnet20_cifar10_curves", "resnet20_cifar10_grams", "linear_depth_cifar10"):
         assert mpimg.imread(tmp_path / "figures" / f"{name}.png").ndim == 3

@@ -1,9 +1,10 @@
 """restore(): a run directory gives back the network and data its last metrics row came from."""
+
 import pytest
 import torch
-
 from conftest import TINY, read_metrics, run_train
-from wdcollapse.probe import metric_pass
+
+from wdcollapse.metric_pass import metric_pass
 from wdcollapse.restore import restore
 
 
@@ -16,6 +17,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_restored_network_reproduces_the_last_row(tmp_path, one_thread):
     run_train(tmp_path, *TINY, "logger=none")
     net, data, cfg = restore(tmp_path)

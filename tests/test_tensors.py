@@ -23,7 +23,7 @@ def test_permutation_batches_cover_every_sample_once_and_depend_on_seed_and_epoc
     assert len(batches) == 4
     first = torch.cat([b[1] for b in batches])
     assert sorted(first.tolist()) == list(range(50))
-    assert torch.equal(first, torch.cat([b[1] for b in batches]))   # same epoch, same order
+    assert torch.equal(first, torch.cat([b[1] for b in batches]))  # same epoch, same order
     assert all(torch.equal(bx.squeeze(1).long(), by) for bx, by in batches)
     epoch[0] = 1
     assert not torch.equal(first, torch.cat([b[1] for b in batches]))

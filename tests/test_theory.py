@@ -1,6 +1,7 @@
 """Theorem 3.1's quantities against a NumPy float64 reference, the streaming observer against
 the full-matrix function, the bound on trained networks, Assumption 4.1's check, the rate fit,
 and `experiment=theory_gd` through the real entry point."""
+
 import copy
 import json
 import math
@@ -9,16 +10,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import read_metrics, run_train
+
 from wdcollapse.config import ConfigError
+from wdcollapse.fits import analyse_steps, fit_rate, phase2_start, rate_matches
 from wdcollapse.io import append_jsonl, atomic_write_json, read_jsonl
+from wdcollapse.metric_pass import metric_pass
 from wdcollapse.models import MLP
-from wdcollapse.probe import metric_pass
-from wdcollapse.theory import (
-    THEOREM31_KEYS, TheoryGDMonitor, TheoryObserver, analyse_steps, bound_holds, check_assumption_41,
-    fit_rate, phase2_start, rate_matches, theorem31, theory_observers,
-)
+from wdcollapse.theorems import THEOREM31_KEYS, bound_holds, check_assumption_41, theorem31
+from wdcollapse.theory_monitors import TheoryGDMonitor, TheoryObserver, theory_observers
 
 
 def numpy_reference(z_lm2, z_lm1, z_l, labels, heads, K):
@@ -38,10 +38,18 @@ def numpy_reference(z_lm2, z_lm1, z_l, labels, heads, K):
     means = np.stack([Z1[:, y == c].mean(1) for c in range(K)], 1)
     tr_b = ((means - Z1.mean(1, keepdims=True)) ** 2).sum() / K
     tr_w = sum(((Z1[:, y == c] - means[:, [c]]) ** 2).sum() for c in range(K)) / N
-    return {"theory/eps1": eps1, "theory/eps2": eps2, "theory/r": r, "theory/sK_Y": sk,
-            "theory/eps1_max": min(sk, np.sqrt((K - 1) * N / (4 * K))), "theory/dist": dist,
-            "theory/dist_bound": bound, "theory/nc1": tr_w / tr_b,
-            "theory/nc1_dist": dist ** 2 / N / tr_b, "theory/nc1_bound": bound ** 2 / N / tr_b}
+    return {
+        "theory/eps1": eps1,
+        "theory/eps2": eps2,
+        "theory/r": r,
+        "theory/sK_Y": sk,
+        "theory/eps1_max": min(sk, np.sqrt((K - 1) * N / (4 * K))),
+        "theory/dist": dist,
+        "theory/dist_bound": bound,
+        "theory/nc1": tr_w / tr_b,
+        "theory/nc1_dist": dist**2 / N / tr_b,
+        "theory/nc1_bound": bound**2 / N / tr_b,
+    }
 
 
 def random_case(seed, N=30, K=3, widths=(7, 6, 5), scale=1.0, unbalanced=False):
@@ -91,12 +99,13 @@ def test_observer_fed_in_chunks_equals_full_matrix_function(chunk):
     # the same features, fed in chunks
     observer = TheoryObserver(net64, 4)
     for i in range(0, 60, chunk):
-        part = SimpleNamespace(output=trace.output[i:i + chunk], preacts=[],
-                               outputs=[z[i:i + chunk] for z in trace.outputs])
-        observer.update(part, y[i:i + chunk])
+        part = SimpleNamespace(
+            output=trace.output[i : i + chunk], preacts=[], outputs=[z[i : i + chunk] for z in trace.outputs]
+        )
+        observer.update(part, y[i : i + chunk])
     got = observer.result()
     # through the metric pass of the float32 network (equal up to float32 rounding)
-    batches = [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, 60, chunk)]
+    batches = [(x[i : i + chunk], y[i : i + chunk]) for i in range(0, 60, chunk)]
     row, _ = metric_pass(net, batches, 4, observers=[TheoryObserver(net, 4)])
     for key in THEOREM31_KEYS:
         if isinstance(ref[key], bool):
@@ -142,8 +151,9 @@ def train_until_precondition(seed, linear_depth, steps=300):
         trace = net.forward_layers(x)
         if step % 10 == 0:
             with torch.no_grad():
-                res = theorem31(trace.outputs[-3], trace.outputs[-2], trace.output, y,
-                                net.weights[net.nonlinear_depth:], K)
+                res = theorem31(
+                    trace.outputs[-3], trace.outputs[-2], trace.output, y, net.weights[net.nonlinear_depth :], K
+                )
             rows.append({"epoch": step, **res})
         loss = 0.5 * (trace.output - torch.nn.functional.one_hot(y, K)).pow(2).sum()
         opt.zero_grad()
@@ -166,11 +176,25 @@ def test_measured_distance_never_exceeds_the_bound_on_trained_networks(seed, lin
 
 
 def test_bound_holds_reports_violations_and_skips_rows_without_the_precondition():
-    rows = [{"epoch": 0, "theory/precondition": False, "theory/dist": 5.0, "theory/dist_bound": None},
-            {"epoch": 1, "theory/precondition": True, "theory/dist": 1.0, "theory/dist_bound": 2.0,
-             "theory/nc1": 0.1, "theory/nc1_bound": 0.5},
-            {"epoch": 2, "theory/precondition": True, "theory/dist": 3.0, "theory/dist_bound": 2.0,
-             "theory/nc1": 0.1, "theory/nc1_bound": 0.5}]
+    rows = [
+        {"epoch": 0, "theory/precondition": False, "theory/dist": 5.0, "theory/dist_bound": None},
+        {
+            "epoch": 1,
+            "theory/precondition": True,
+            "theory/dist": 1.0,
+            "theory/dist_bound": 2.0,
+            "theory/nc1": 0.1,
+            "theory/nc1_bound": 0.5,
+        },
+        {
+            "epoch": 2,
+            "theory/precondition": True,
+            "theory/dist": 3.0,
+            "theory/dist_bound": 2.0,
+            "theory/nc1": 0.1,
+            "theory/nc1_bound": 0.5,
+        },
+    ]
     out = bound_holds(rows)
     assert out == {"checked": 2, "holds": False, "violations": [2], "max_ratio": 1.5, "first_epoch": 1}
     assert bound_holds(rows[:1])["holds"] is None
@@ -189,11 +213,12 @@ def test_rate_fit_recovers_a_synthetic_exponential():
     q = 0.995
     steps = range(2000)
     noise = np.random.default_rng(0).normal(0, 0.01, 2000)
-    balance = [2.0 * q ** k * math.exp(e) for k, e in zip(steps, noise)]
+    balance = [2.0 * q**k * math.exp(e) for k, e in zip(steps, noise)]
     assert fit_rate(steps, balance)["factor"] == pytest.approx(q, abs=2e-5)
     # loss: exponential decay to a plateau of 0.5 within ~200 steps, then flat
-    rows = [{"step": k, "loss": 100 * 0.95 ** k + 0.5, "balancedness_error": b, "lr": 0.01}
-            for k, b in zip(steps, balance)]
+    rows = [
+        {"step": k, "loss": 100 * 0.95**k + 0.5, "balancedness_error": b, "lr": 0.01} for k, b in zip(steps, balance)
+    ]
     k0 = phase2_start([r["loss"] for r in rows], settle=0.01)
     assert 80 <= k0 <= 100  # 100 * 0.95^k <= 1 at k = 90
     lam = (1 - math.sqrt(q)) / 0.01  # (1 - eta lambda)^2 = q
@@ -216,10 +241,17 @@ def test_steps_log_is_trimmed_to_the_checkpoint_on_resume(tmp_path):
     assert json.loads((tmp_path / "theory.json").read_text()) == {"assumption_4_3": {"holds": False}}
 
 
+@pytest.mark.slow
 def test_theory_gd_end_to_end(tmp_path):
     out = tmp_path / "run"
-    run_train(out, "experiment=theory_gd", "logger=none", "trainer.max_epochs=300",
-              "callbacks.checkpoint_every_n_epochs=100", "callbacks.metrics.num_points=8")
+    run_train(
+        out,
+        "experiment=theory_gd",
+        "logger=none",
+        "trainer.max_epochs=300",
+        "callbacks.checkpoint_every_n_epochs=100",
+        "callbacks.metrics.num_points=8",
+    )
     info = json.loads((out / "theory.json").read_text())
     assert info["setting"]["N"] == 100 and info["setting"]["widths"] == [128, 96, 64, 32, 10]
     assert info["setting"]["full_batch"] and info["setting"]["mse_reduction"] == "half_sum"
@@ -228,8 +260,15 @@ def test_theory_gd_end_to_end(tmp_path):
     assert {"lambda_F", "lambda_l", "bar_lambda_l", "C0", "lhs", "rhs", "holds"} <= set(a43)
     assert len(a43["lambda_l"]) == 5 and a43["lambda_F"] > 0 and a43["C0"] > 0
     rate = info["rate"]
-    assert {"phase2_start_step", "fitted_factor", "theory_factor", "log_rate_ratio", "matches",
-            "tolerance", "rule"} <= set(rate)
+    assert {
+        "phase2_start_step",
+        "fitted_factor",
+        "theory_factor",
+        "log_rate_ratio",
+        "matches",
+        "tolerance",
+        "rule",
+    } <= set(rate)
     assert rate["theory_factor"] == pytest.approx((1 - 5e-4 * 1.0) ** 2)
     steps = read_jsonl(out / "steps.jsonl")
     assert [r["step"] for r in steps] == list(range(300))
@@ -242,13 +281,21 @@ def test_theory_gd_end_to_end(tmp_path):
     assert bound_holds(rows)["holds"] is True
 
 
+@pytest.mark.slow
 def test_theory_gd_refuses_a_non_pyramidal_network(tmp_path):
-    proc = run_train(tmp_path / "run", "experiment=theory_gd", "logger=none", "trainer.max_epochs=2",
-                     "data.num_per_class=20", check=False)
+    proc = run_train(
+        tmp_path / "run",
+        "experiment=theory_gd",
+        "logger=none",
+        "trainer.max_epochs=2",
+        "data.num_per_class=20",
+        check=False,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "Assumption 4.1" in proc.stderr and "n_1 = 128 < N = 200" in proc.stderr
 
 
+@pytest.mark.slow
 def test_theory_gd_blowing_up_is_recorded_as_diverged(tmp_path):
     # lr 2e-3 blows up within a few steps; with one step per epoch the metric pass meets the
     # overflowed features before DivergenceGuard meets a non-finite loss.

@@ -1,4 +1,5 @@
 """End-to-end tests of `python -m wdcollapse.train` (the real Hydra entry point)."""
+
 import json
 import os
 import signal
@@ -8,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY, read_metrics, run_train
-from wdcollapse.theory import THEOREM31_KEYS
+
+from wdcollapse.theorems import THEOREM31_KEYS
 
 
 def expected_keys(nonlinear, linear):
@@ -24,6 +25,7 @@ def expected_keys(nonlinear, linear):
     return keys
 
 
+@pytest.mark.slow
 def test_entry_point_writes_every_metric_for_every_layer_and_an_offline_wandb_run(tmp_path):
     out = tmp_path / "run"
     run_train(out, *TINY, "model.nonlinear_depth=3", "logger=wandb")
@@ -46,6 +48,7 @@ def test_console_script_is_installed():
     assert script.exists(), "pip install -e . should install the wdcollapse-train console script"
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
     run_train(tmp_path / "a", *TINY, "logger=none")
     run_train(tmp_path / "b", *TINY, "logger=none")
@@ -54,6 +57,7 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
     assert read_metrics(tmp_path / "c")[-1] != read_metrics(tmp_path / "a")[-1]
 
 
+@pytest.mark.slow
 def test_finished_run_is_skipped_on_rerun(tmp_path):
     out = tmp_path / "run"
     run_train(out, *TINY, "logger=none")
@@ -63,13 +67,19 @@ def test_finished_run_is_skipped_on_rerun(tmp_path):
     assert (out / "metrics.jsonl").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     args = [*TINY, "logger=none", "trainer.max_epochs=8", "data.num_per_class=30"]
     run_train(tmp_path / "ref", *args)
     out = tmp_path / "killed"
     env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.Popen([sys.executable, "-m", "wdcollapse.train", *args, f"hydra.run.dir={out}"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wdcollapse.train", *args, f"hydra.run.dir={out}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         if (out / "checkpoints" / "last.ckpt").exists() and len(read_metrics_safe(out)) >= 4:
@@ -86,8 +96,9 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     assert summary["status"] == "finished"
     assert summary["started"] == killed["started"] < summary["updated"]  # the first start time is kept
     for key, value in ref[-1].items():
-        assert resumed[-1][key] == (value if value is None or isinstance(value, bool)
-                                    else pytest.approx(value, rel=1e-6, abs=1e-9)), key
+        assert resumed[-1][key] == (
+            value if value is None or isinstance(value, bool) else pytest.approx(value, rel=1e-6, abs=1e-9)
+        ), key
 
 
 def read_metrics_safe(out):
@@ -97,6 +108,7 @@ def read_metrics_safe(out):
         return []
 
 
+@pytest.mark.slow
 def test_divergence_is_recorded_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
     proc = run_train(out, *TINY, "logger=none", "optim.lr=1e6", "trainer.max_epochs=5")
@@ -108,17 +120,21 @@ def test_divergence_is_recorded_and_exits_cleanly(tmp_path):
     assert read_metrics(out)[0]["epoch"] == 0
 
 
-@pytest.mark.parametrize("override,words", [
-    ("data.name=imagenet", ["data.name", "imagenet", "mnist"]),
-    ("model.width=0", ["model.width", "0", ">= 1"]),
-    ("model.linear_depth=0", ["model.linear_depth", ">= 1"]),
-    ("optim.lr=0", ["optim.lr", "> 0"]),
-    ("optim.weight_decay=-0.1", ["optim.weight_decay", ">= 0"]),
-    ("optim.name=lbfgs", ["optim.name", "lbfgs", "sgd"]),
-    ("model.activation=tanh", ["model.activation", "tanh", "relu"]),
-    ("data.num_per_class=7000", ["num_per_class=7000", "has only"]),
-    ("data=imagenet", ["data='imagenet'", "'fashion_mnist'", "conf/data/"]),
-])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("data.name=imagenet", ["data.name", "imagenet", "mnist"]),
+        ("model.width=0", ["model.width", "0", ">= 1"]),
+        ("model.linear_depth=0", ["model.linear_depth", ">= 1"]),
+        ("optim.lr=0", ["optim.lr", "> 0"]),
+        ("optim.weight_decay=-0.1", ["optim.weight_decay", ">= 0"]),
+        ("optim.name=lbfgs", ["optim.name", "lbfgs", "sgd"]),
+        ("model.activation=tanh", ["model.activation", "tanh", "relu"]),
+        ("data.num_per_class=7000", ["num_per_class=7000", "has only"]),
+        ("data=imagenet", ["data='imagenet'", "'fashion_mnist'", "conf/data/"]),
+    ],
+)
 def test_bad_settings_fail_early_with_a_clear_message(tmp_path, override, words):
     proc = run_train(tmp_path / "run", *TINY, "logger=none", override, check=False)
     assert proc.returncode == 2
@@ -127,14 +143,17 @@ def test_bad_settings_fail_early_with_a_clear_message(tmp_path, override, words)
         assert word in proc.stderr, (word, proc.stderr[-1500:])
 
 
+@pytest.mark.slow
 def test_missing_data_directory_says_how_to_get_the_data(tmp_path):
-    proc = run_train(tmp_path / "run", *TINY, "logger=none", "data=cifar10", f"paths.data_dir={tmp_path}/nothing", check=False)
+    proc = run_train(
+        tmp_path / "run", *TINY, "logger=none", "data=cifar10", f"paths.data_dir={tmp_path}/nothing", check=False
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "image_folder" in proc.stderr and "download" in proc.stderr
 
 
 def test_check_writable_reports_a_directory_that_cannot_be_created(tmp_path):
-    from wdcollapse.config import ConfigError, check_writable
+    from wdcollapse.rundir import ConfigError, check_writable
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -143,6 +162,7 @@ def test_check_writable_reports_a_directory_that_cannot_be_created(tmp_path):
     assert check_writable(tmp_path / "new" / "run").is_dir()
 
 
+@pytest.mark.slow
 def test_output_directory_under_a_file_is_reported(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -150,10 +170,11 @@ def test_output_directory_under_a_file_is_reported(tmp_path):
     assert proc.returncode == 2 and "cannot be created or written" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("arg", ["++hydra.run.dir={blocker}/sub", "hydra.run.dir=/proc/wdcollapse-test",
-                                 "+hydra.sweep.dir={blocker}/sweep"])
+@pytest.mark.parametrize(
+    "arg", ["++hydra.run.dir={blocker}/sub", "hydra.run.dir=/proc/wdcollapse-test", "+hydra.sweep.dir={blocker}/sweep"]
+)
 def test_output_overrides_are_checked_by_creating_them(tmp_path, arg):
-    from wdcollapse.config import ConfigError, check_output_override
+    from wdcollapse.rundir import ConfigError, check_output_override
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -163,6 +184,7 @@ def test_output_overrides_are_checked_by_creating_them(tmp_path, arg):
     assert (tmp_path / "fine").is_dir()
 
 
+@pytest.mark.slow
 def test_a_run_directory_refuses_other_settings_but_not_other_speed_knobs(tmp_path):
     out = tmp_path / "run"
     run_train(out, *TINY, "logger=none")
@@ -178,6 +200,7 @@ def test_a_run_directory_refuses_other_settings_but_not_other_speed_knobs(tmp_pa
     assert read_metrics(out)[-1]["lr"] == pytest.approx(0.05)
 
 
+@pytest.mark.slow
 def test_a_resumed_online_run_keeps_its_wandb_id_and_a_restarted_one_gets_a_new_one(tmp_path):
     out, online = tmp_path / "run", [*TINY, "logger=wandb", "logger.wandb.offline=false"]
     env = {"WANDB_MODE": "disabled"}  # online as far as the config goes; no network, nothing written
@@ -194,15 +217,23 @@ def test_a_resumed_online_run_keeps_its_wandb_id_and_a_restarted_one_gets_a_new_
     assert json.loads((out / "summary.json").read_text())["wandb_id"] is None
 
 
-@pytest.mark.parametrize("offline, env_mode, cfg_mode, expected", [
-    (False, "disabled", None, "abc12345"), (True, "disabled", None, None), (False, "offline", None, None),
-    (False, "DRYRUN", None, None), (False, "disabled", "offline", None)])
-def test_an_online_wandb_logger_gets_the_run_directorys_id(tmp_path, monkeypatch, offline, env_mode, cfg_mode,
-                                                           expected):
+@pytest.mark.parametrize(
+    "offline, env_mode, cfg_mode, expected",
+    [
+        (False, "disabled", None, "abc12345"),
+        (True, "disabled", None, None),
+        (False, "offline", None, None),
+        (False, "DRYRUN", None, None),
+        (False, "disabled", "offline", None),
+    ],
+)
+def test_an_online_wandb_logger_gets_the_run_directorys_id(
+    tmp_path, monkeypatch, offline, env_mode, cfg_mode, expected
+):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from wdcollapse.train import logger_kwargs
+    from wdcollapse.rundir import logger_kwargs
 
     monkeypatch.setenv("WANDB_MODE", env_mode)
     cfg = OmegaConf.load(REPO / "conf" / "logger" / "wandb.yaml").wandb
@@ -218,6 +249,7 @@ def test_an_online_wandb_logger_gets_the_run_directorys_id(tmp_path, monkeypatch
         assert logger_kwargs(cfg, "abc12345") == {}
 
 
+@pytest.mark.slow
 def test_an_unreadable_checkpoint_stops_with_advice_and_keeps_the_metrics(tmp_path):
     out = tmp_path / "run"
     run_train(out, *TINY, "logger=none", "trainer.max_epochs=3")
@@ -233,12 +265,14 @@ def test_an_unreadable_checkpoint_stops_with_advice_and_keeps_the_metrics(tmp_pa
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_linear_head_of_one_layer_is_allowed_with_a_warning(tmp_path):
     proc = run_train(tmp_path / "run", *TINY, "logger=none", "model.linear_depth=1")
     assert "linear_depth=1" in proc.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_resnet20_on_a_cifar10_image_folder(tmp_path):
     from PIL import Image
 
@@ -252,9 +286,18 @@ def test_resnet20_on_a_cifar10_image_folder(tmp_path):
                 pixels = rng.integers(0, 256, (32, 32, 3), dtype="uint8")
                 Image.fromarray(pixels).save(tmp_path / "cifar" / split / name / f"{i}.png")
     out = tmp_path / "run"
-    run_train(out, "data=cifar10", f"data.image_folder={tmp_path / 'cifar'}", "model=resnet20", "model.width=16",
-              "model.nonlinear_depth=1", "model.linear_depth=2", "trainer.max_epochs=1", "logger=none",
-              "data.batch_size=10")
+    run_train(
+        out,
+        "data=cifar10",
+        f"data.image_folder={tmp_path / 'cifar'}",
+        "model=resnet20",
+        "model.width=16",
+        "model.nonlinear_depth=1",
+        "model.linear_depth=2",
+        "trainer.max_epochs=1",
+        "logger=none",
+        "data.batch_size=10",
+    )
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [0, 1]
     assert set(rows[-1]) >= {"nc1/layer_3", "nc2/layer_1", "negativity/layer_1", "balancedness/layer_2", "nc3"}

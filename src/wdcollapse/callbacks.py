@@ -1,4 +1,5 @@
 """Lightning callbacks: the per-epoch metric pass, divergence detection, atomic checkpoints."""
+
 from __future__ import annotations
 
 import math
@@ -11,11 +12,15 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, Checkpoint
 
+from . import keys
 from .io import append_jsonl, atomic_write_json, read_jsonl
-from .probe import accuracy, gather_states, metric_pass
-from .theory import check_theory_setting, theory_observers
+from .metric_pass import accuracy, gather_states, metric_pass
+from .schema import Metrics, Schedule, names
+from .theory_monitors import check_theory_setting, theory_observers
+from .wandb_log import RunLog, is_wandb_logger
 
-SCHEDULES = ("every", "log")
+SCHEDULES = names(Schedule)
+_DEFAULTS = Metrics()  # the schema's defaults, which conf/callbacks/default.yaml repeats
 
 
 def evaluation_epochs(max_epochs: int, schedule: str = "every", every_n: int = 1, num_points: int = 50) -> set[int]:
@@ -87,26 +92,34 @@ class MetricMonitor(Callback):
     """Runs the metric pass on the training set (eval mode) at initialisation and then on the
     schedule; appends one JSON line per evaluated epoch to metrics.jsonl, writes the latest
     class-mean Gram matrices to grams.json, and logs the row to every Lightning logger.
-    `theory` adds Theorem 3.1's `theory/*` quantities (see wdcollapse.theory): auto = for
+    `theory` adds Theorem 3.1's `theory/*` quantities (see wdcollapse.theorems): auto = for
     models with a linear head of >= 2 layers, true, or false. `exact=False` computes each
     chunk's statistics in float32 and accumulates them in float64 (about 1e-7 relative to the
     float64 path, 1.6x faster).
 
     Under data parallelism (Lightning's DDP) each rank runs the metric pass on its share of
     the chunks of the training (and test) set and the ranks' accumulated statistics are
-    gathered and merged in rank order (probe.gather_states), so every rank computes the row
+    gathered and merged in rank order (metric_pass.gather_states), so every rank computes the row
     of a single-process pass over the same weights and rank 0's buffers (up to float
     rounding): the network the checkpoint holds. Only global rank 0 writes metrics.jsonl and
     grams.json and logs."""
 
-    def __init__(self, out_dir: str | Path, schedule: str = "every", every_n: int = 1,
-                 num_points: int = 50, test_acc: bool = True, theory: str | bool = "auto",
-                 exact: bool = False):
+    def __init__(
+        self,
+        out_dir: str | Path,
+        schedule: str = _DEFAULTS.schedule,
+        every_n: int = _DEFAULTS.every_n,
+        num_points: int = _DEFAULTS.num_points,
+        test_acc: bool = _DEFAULTS.test_acc,
+        theory: str | bool = _DEFAULTS.theory,
+        exact: bool = _DEFAULTS.exact,
+    ):
         self.out_dir = Path(out_dir)
         self.schedule, self.every_n, self.num_points, self.test_acc = schedule, every_n, num_points, test_acc
         check_theory_setting(theory)
         self.theory, self.exact = theory, exact
         self.metric_seconds = 0.0
+        self._wandb: dict[int, RunLog] = {}
 
     @property
     def metrics_path(self) -> Path:
@@ -140,9 +153,15 @@ class MetricMonitor(Callback):
         else:
             share, reduce = {}, None
         try:
-            row, grams = metric_pass(pl_module.model, data.eval_batches("train", **share), data.num_classes,
-                                     loss_fn=lambda out, y: pl_module.loss(out, y, num_total=n),
-                                     observers=observers, exact=self.exact, reduce=reduce)
+            row, grams = metric_pass(
+                pl_module.model,
+                data.eval_batches("train", **share),
+                data.num_classes,
+                loss_fn=lambda out, y: pl_module.loss(out, y, num_total=n),
+                observers=observers,
+                exact=self.exact,
+                reduce=reduce,
+            )
         except torch.linalg.LinAlgError:
             # Non-finite features: the epoch's last step blew up, and its loss (all that
             # DivergenceGuard sees) was computed before that step.
@@ -150,10 +169,14 @@ class MetricMonitor(Callback):
                 if all(torch.isfinite(pl_module.model(x)).all() for x, _ in data.eval_batches("train")):
                     raise
             raise Diverged(trainer.current_epoch, trainer.global_step, math.nan) from None
-        record = {"epoch": epoch, "step": trainer.global_step,
-                  "train/loss": row.pop("loss"), "train/acc": row.pop("acc")}
+        record = {
+            "epoch": epoch,
+            "step": trainer.global_step,
+            keys.TRAIN_LOSS: row.pop("loss"),
+            keys.TRAIN_ACC: row.pop("acc"),
+        }
         if self.test_acc:
-            record["test/acc"] = accuracy(pl_module.model, data.eval_batches("test", **share), reduce=reduce)
+            record[keys.TEST_ACC] = accuracy(pl_module.model, data.eval_batches("test", **share), reduce=reduce)
         record["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
         record.update(row)
         pl_module.train(was_training)
@@ -161,14 +184,15 @@ class MetricMonitor(Callback):
             append_jsonl(self.metrics_path, record)
             atomic_write_json(self.out_dir / "grams.json", {"epoch": epoch, "grams": grams})
             for logger in trainer.loggers:
-                logger.log_metrics(record, step=trainer.global_step)
+                if is_wandb_logger(logger):  # against the epoch, with the Gram images
+                    if id(logger) not in self._wandb:
+                        net = pl_module.model
+                        self._wandb[id(logger)] = RunLog(logger, net.nonlinear_depth, net.num_layers)
+                    self._wandb[id(logger)].log(record, grams)
+                else:
+                    logger.log_metrics(record, step=trainer.global_step)
         self.metric_seconds += time.perf_counter() - start
         return record
-
-
-def last_checkpoint(run_dir: str | Path) -> Path:
-    """Where a run directory keeps its latest checkpoint (AtomicCheckpoint writes it)."""
-    return Path(run_dir) / "checkpoints" / "last.ckpt"
 
 
 class AtomicCheckpoint(Checkpoint):

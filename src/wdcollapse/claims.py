@@ -4,32 +4,41 @@ Every claim function takes the finished runs of one figure and returns {"claim",
 "rule", "passed", "deciding", "evidence"}: `passed` is None when the runs it needs are missing,
 `deciding` is one line with the numbers that decided it. `judge(figure, runs)` applies every
 claim a figure is registered with (wdcollapse.figures) and names the figure in each result."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from .runs import (Run, by_lr_and_nonlinear_depth, by_weight_decay_and_linear_depth, gram_keys, linear_depth_point,
-                   nonlinear_depth_point)
-from .theory import fit_rate
+from . import keys
+from .fits import fit_rate
+from .runs import (
+    Run,
+    by_lr_and_nonlinear_depth,
+    by_weight_decay_and_linear_depth,
+    gram_keys,
+    linear_depth_point,
+    nonlinear_depth_point,
+)
 
 # Thresholds of the rules, in one place.
-LINEAR_BALANCED = 0.1        # claim 1: final balancedness of every linear-head pair below this
-BALANCING_FALL = 10.0        # claim 1: ... after falling at least this factor from its peak
-EXPONENTIAL_R2 = 0.9         # claim 1: ... along a straight line in log scale over the last half
-LAST_HALF_FALL = 2.0         # claim 1: ... that still falls this factor over the last half
-NONLINEAR_GAP = 3.0          # claim 1: non-linear pairs stay on average this factor less balanced
-NC1_COLLAPSED = 0.05         # claim 2: NC1 of the penultimate features below this
-NC2_FALL = 5.0               # claim 2: NC2 of the penultimate features fell at least this factor
-NC2_CLOSE = 3.0              # claim 2: ... to below this (1 = orthogonal equal-norm class means)
-GRAM_OFF_DIAGONAL = 0.2      # claim 2: largest |cosine| between class means in the last Gram
-SETTLED_CHANGE = 0.05        # claim 4: mean balancedness and negativity moved at most this (relative)
-SETTLED_FROM = 0.75          # claim 4: ... between this fraction of the training epochs and the end
+LINEAR_BALANCED = 0.1  # claim 1: final balancedness of every linear-head pair below this
+BALANCING_FALL = 10.0  # claim 1: ... after falling at least this factor from its peak
+EXPONENTIAL_R2 = 0.9  # claim 1: ... along a straight line in log scale over the last half
+LAST_HALF_FALL = 2.0  # claim 1: ... that still falls this factor over the last half
+NONLINEAR_GAP = 3.0  # claim 1: non-linear pairs stay on average this factor less balanced
+NC1_COLLAPSED = 0.05  # claim 2: NC1 of the penultimate features below this
+NC2_FALL = 5.0  # claim 2: NC2 of the penultimate features fell at least this factor
+NC2_CLOSE = 3.0  # claim 2: ... to below this (1 = orthogonal equal-norm class means)
+GRAM_OFF_DIAGONAL = 0.2  # claim 2: largest |cosine| between class means in the last Gram
+SETTLED_CHANGE = 0.05  # claim 4: mean balancedness and negativity moved at most this (relative)
+SETTLED_FROM = 0.75  # claim 4: ... between this fraction of the training epochs and the end
 
 
 def spearman(x, y) -> float:
     """Rank correlation (ties get their mean rank)."""
+
     def ranks(v):
         v = np.asarray(v, dtype=float)
         order = v.argsort()
@@ -38,6 +47,7 @@ def spearman(x, y) -> float:
         for value in np.unique(v):
             r[v == value] = r[v == value].mean()
         return r
+
     if len(x) < 2:
         return float("nan")
     rx, ry = ranks(x), ranks(y)
@@ -47,8 +57,14 @@ def spearman(x, y) -> float:
 
 
 def _result(cid, statement, rule, passed, evidence, deciding=""):
-    return {"claim": cid, "statement": statement, "rule": rule,
-            "passed": None if passed is None else bool(passed), "deciding": deciding, "evidence": evidence}
+    return {
+        "claim": cid,
+        "statement": statement,
+        "rule": rule,
+        "passed": None if passed is None else bool(passed),
+        "deciding": deciding,
+        "evidence": evidence,
+    }
 
 
 def _ok(runs: list[Run]) -> list[Run]:
@@ -57,7 +73,7 @@ def _ok(runs: list[Run]) -> list[Run]:
 
 def _final(run: Run, pair: int) -> float:
     """A pair's final balancedness; NaN where it was not finite (written as null)."""
-    value = run.final.get(f"balancedness/layer_{pair}")
+    value = run.final.get(keys.layer(keys.BALANCEDNESS, pair))
     return np.nan if value is None else float(value)
 
 
@@ -67,13 +83,17 @@ def _ratio(a: float, b: float) -> float:
 
 
 def claim1_linear_head_balances(runs: list[Run], first_layer: int = 1) -> dict:
-    statement = ("Linear-head layers become balanced: their balancedness falls (exponentially) during "
-                 "training, while the non-linear layers stay clearly less balanced.")
-    rule = (f"mean over seeds: final balancedness of every linear pair (both layers linear) < {LINEAR_BALANCED}; "
-            f"in every seed, every linear pair fell >= {BALANCING_FALL}x from its peak and is still falling "
-            f"exponentially over the last half of training (a log-linear fit with R^2 >= {EXPONENTIAL_R2} that "
-            f"falls >= {LAST_HALF_FALL}x over that half); and the mean final balancedness of the plotted "
-            f"non-linear pairs (layers {first_layer}..L1) >= {NONLINEAR_GAP}x that of the least balanced linear pair")
+    statement = (
+        "Linear-head layers become balanced: their balancedness falls (exponentially) during "
+        "training, while the non-linear layers stay clearly less balanced."
+    )
+    rule = (
+        f"mean over seeds: final balancedness of every linear pair (both layers linear) < {LINEAR_BALANCED}; "
+        f"in every seed, every linear pair fell >= {BALANCING_FALL}x from its peak and is still falling "
+        f"exponentially over the last half of training (a log-linear fit with R^2 >= {EXPONENTIAL_R2} that "
+        f"falls >= {LAST_HALF_FALL}x over that half); and the mean final balancedness of the plotted "
+        f"non-linear pairs (layers {first_layer}..L1) >= {NONLINEAR_GAP}x that of the least balanced linear pair"
+    )
     runs = _ok(runs)
     if not runs:
         return _result(1, statement, rule, None, {"runs": 0})
@@ -86,7 +106,7 @@ def claim1_linear_head_balances(runs: list[Run], first_layer: int = 1) -> dict:
     for run in runs:
         falls, half_falls, r2s = [], [], []
         for l in linear_pairs:
-            epochs, values = run.series(f"balancedness/layer_{l}")
+            epochs, values = run.series(keys.layer(keys.BALANCEDNESS, l))
             falls.append(max(values) / values[-1] if values[-1] > 0 else np.inf)
             half = len(epochs) // 2
             fit = fit_rate(epochs[half:], values[half:])  # log(value) against epoch; drops zeros
@@ -97,14 +117,16 @@ def claim1_linear_head_balances(runs: list[Run], first_layer: int = 1) -> dict:
             r2s.append(fit["r2"] if enough and len(set(values[half:])) > 1 else np.nan)
         # np.min/np.max: a NaN (no fit, or a final value written as null) propagates and fails
         # the rule; Python's min would skip it
-        per_seed.append({
-            "linear_final_max": float(np.max([_final(run, l) for l in linear_pairs])),
-            "linear_fall_min": float(np.min(falls)),
-            "linear_last_half_fall_min": float(np.min(half_falls)),
-            "linear_log_fit_r2_min": float(np.min(r2s)),
-            "nonlinear_final_mean": float(np.mean([_final(run, l) for l in nonlinear_pairs])),
-            "nonlinear_final_min": float(np.min([_final(run, l) for l in nonlinear_pairs])),
-        })
+        per_seed.append(
+            {
+                "linear_final_max": float(np.max([_final(run, l) for l in linear_pairs])),
+                "linear_fall_min": float(np.min(falls)),
+                "linear_last_half_fall_min": float(np.min(half_falls)),
+                "linear_log_fit_r2_min": float(np.min(r2s)),
+                "nonlinear_final_mean": float(np.mean([_final(run, l) for l in nonlinear_pairs])),
+                "nonlinear_final_min": float(np.min([_final(run, l) for l in nonlinear_pairs])),
+            }
+        )
     shape = ("linear_fall_min", "linear_last_half_fall_min", "linear_log_fit_r2_min")
     mean = {k: float(np.mean([s[k] for s in per_seed])) for k in per_seed[0] if k not in shape}
     mean["gap"] = _ratio(mean["nonlinear_final_mean"], mean["linear_final_max"])
@@ -114,18 +136,27 @@ def claim1_linear_head_balances(runs: list[Run], first_layer: int = 1) -> dict:
     checks = {
         f"linear pairs end below {LINEAR_BALANCED}": mean["linear_final_max"] < LINEAR_BALANCED,
         f"every pair fell >= {BALANCING_FALL}x": worst["linear_fall_min"] >= BALANCING_FALL,
-        f"every pair still falling >= {LAST_HALF_FALL}x over the last half":
-            worst["linear_last_half_fall_min"] >= LAST_HALF_FALL,
+        f"every pair still falling >= {LAST_HALF_FALL}x over the last half": worst["linear_last_half_fall_min"]
+        >= LAST_HALF_FALL,
         f"log-linear R^2 >= {EXPONENTIAL_R2}": worst["linear_log_fit_r2_min"] >= EXPONENTIAL_R2,
         f"non-linear pairs >= {NONLINEAR_GAP}x less balanced": mean["gap"] >= NONLINEAR_GAP,
     }
     passed = all(checks.values())
-    evidence = {"runs": len(runs), "linear_pairs": linear_pairs, "nonlinear_pairs": nonlinear_pairs,
-                "checks": checks, "mean": mean, "worst_seed": worst, "per_seed": per_seed}
-    deciding = (f"linear pairs end at {mean['linear_final_max']:.3g} (worst seed: fell "
-                f"{worst['linear_fall_min']:.3g}x, {worst['linear_last_half_fall_min']:.3g}x over the last half, "
-                f"log-linear R^2 {worst['linear_log_fit_r2_min']:.4g}); non-linear pairs "
-                f"{mean['nonlinear_final_mean']:.3g}, {mean['gap']:.3g}x less balanced")
+    evidence = {
+        "runs": len(runs),
+        "linear_pairs": linear_pairs,
+        "nonlinear_pairs": nonlinear_pairs,
+        "checks": checks,
+        "mean": mean,
+        "worst_seed": worst,
+        "per_seed": per_seed,
+    }
+    deciding = (
+        f"linear pairs end at {mean['linear_final_max']:.3g} (worst seed: fell "
+        f"{worst['linear_fall_min']:.3g}x, {worst['linear_last_half_fall_min']:.3g}x over the last half, "
+        f"log-linear R^2 {worst['linear_log_fit_r2_min']:.4g}); non-linear pairs "
+        f"{mean['nonlinear_final_mean']:.3g}, {mean['gap']:.3g}x less balanced"
+    )
     return _result(1, statement, rule, passed, evidence, deciding)
 
 
@@ -138,48 +169,64 @@ def max_offdiag_cosine(gram) -> float:
 
 
 def claim2_collapse(runs: list[Run]) -> dict:
-    statement = ("NC1 at the penultimate layer falls to small values; NC2 approaches 1 in the linear head; "
-                 "the class-mean Gram matrices of the linear head look diagonal.")
-    rule = (f"mean over seeds: final NC1 of Z_(L-1) < {NC1_COLLAPSED}; final NC2 of Z_(L-1) < {NC2_CLOSE} after "
-            f"falling >= {NC2_FALL}x from initialisation; largest |cosine| between class means in the last "
-            f"linear-head Gram < {GRAM_OFF_DIAGONAL}")
+    statement = (
+        "NC1 at the penultimate layer falls to small values; NC2 approaches 1 in the linear head; "
+        "the class-mean Gram matrices of the linear head look diagonal."
+    )
+    rule = (
+        f"mean over seeds: final NC1 of Z_(L-1) < {NC1_COLLAPSED}; final NC2 of Z_(L-1) < {NC2_CLOSE} after "
+        f"falling >= {NC2_FALL}x from initialisation; largest |cosine| between class means in the last "
+        f"linear-head Gram < {GRAM_OFF_DIAGONAL}"
+    )
     runs = _ok(runs)
     if not runs:
         return _result(2, statement, rule, None, {"runs": 0})
     L = runs[0].num_layers
     per_seed = []
     for run in runs:
-        nc2 = run.series(f"nc2/layer_{L - 1}")[1]
+        nc2 = run.series(keys.layer(keys.NC2, L - 1))[1]
         grams = (run.grams or {}).get("grams", {})
-        keys = gram_keys(run)
-        per_seed.append({
-            "nc1_penultimate": run.final[f"nc1/layer_{L - 1}"],
-            "nc2_penultimate": run.final[f"nc2/layer_{L - 1}"],
-            "nc2_fall": nc2[0] / nc2[-1],
-            "nc2_linear_head": [run.final[f"nc2/layer_{l}"] for l in range(run.nonlinear_depth + 1, L)],
-            "gram_max_offdiag_cosine": {k: max_offdiag_cosine(grams[k]) for k in keys if k in grams},
-            "nc3": run.final.get("nc3"),
-            "train_acc": run.final.get("train/acc"),
-        })
+        shown = gram_keys(run)
+        per_seed.append(
+            {
+                "nc1_penultimate": run.final[keys.layer(keys.NC1, L - 1)],
+                "nc2_penultimate": run.final[keys.layer(keys.NC2, L - 1)],
+                "nc2_fall": nc2[0] / nc2[-1],
+                "nc2_linear_head": [run.final[keys.layer(keys.NC2, l)] for l in range(run.nonlinear_depth + 1, L)],
+                "gram_max_offdiag_cosine": {k: max_offdiag_cosine(grams[k]) for k in shown if k in grams},
+                keys.NC3: run.final.get(keys.NC3),
+                "train_acc": run.final.get(keys.TRAIN_ACC),
+            }
+        )
     last_key = gram_keys(runs[0])[-1]
     mean = {
         "nc1_penultimate": float(np.mean([s["nc1_penultimate"] for s in per_seed])),
         "nc2_penultimate": float(np.mean([s["nc2_penultimate"] for s in per_seed])),
         "nc2_fall": float(np.mean([s["nc2_fall"] for s in per_seed])),
-        "gram_max_offdiag_cosine_last": float(np.mean([s["gram_max_offdiag_cosine"].get(last_key, np.nan) for s in per_seed])),
+        "gram_max_offdiag_cosine_last": float(
+            np.mean([s["gram_max_offdiag_cosine"].get(last_key, np.nan) for s in per_seed])
+        ),
     }
-    passed = (mean["nc1_penultimate"] < NC1_COLLAPSED and mean["nc2_penultimate"] < NC2_CLOSE
-              and mean["nc2_fall"] >= NC2_FALL and mean["gram_max_offdiag_cosine_last"] < GRAM_OFF_DIAGONAL)
-    deciding = (f"NC1(Z_(L-1)) = {mean['nc1_penultimate']:.3g}, NC2 = {mean['nc2_penultimate']:.3g} after a "
-                f"{mean['nc2_fall']:.3g}x fall, largest class-mean cosine in the last Gram "
-                f"{mean['gram_max_offdiag_cosine_last']:.3g}")
+    passed = (
+        mean["nc1_penultimate"] < NC1_COLLAPSED
+        and mean["nc2_penultimate"] < NC2_CLOSE
+        and mean["nc2_fall"] >= NC2_FALL
+        and mean["gram_max_offdiag_cosine_last"] < GRAM_OFF_DIAGONAL
+    )
+    deciding = (
+        f"NC1(Z_(L-1)) = {mean['nc1_penultimate']:.3g}, NC2 = {mean['nc2_penultimate']:.3g} after a "
+        f"{mean['nc2_fall']:.3g}x fall, largest class-mean cosine in the last Gram "
+        f"{mean['gram_max_offdiag_cosine_last']:.3g}"
+    )
     return _result(2, statement, rule, passed, {"runs": len(runs), "mean": mean, "per_seed": per_seed}, deciding)
 
 
 def claim3_nc2_improves_with_linear_depth(runs: list[Run]) -> dict:
     statement = "NC2 improves (falls towards 1) as the linear head gets deeper."
-    rule = ("for each weight decay: Spearman correlation between the number of linear layers and the final NC2 "
-            "of the penultimate features < 0, and NC2 at the deepest head < NC2 at the shallowest")
+    rule = (
+        "for each weight decay: Spearman correlation between the number of linear layers and the final NC2 "
+        "of the penultimate features < 0, and NC2 at the deepest head < NC2 at the shallowest"
+    )
     runs = _ok(runs)
     if not runs:
         return _result(3, statement, rule, None, {"runs": 0})
@@ -190,10 +237,17 @@ def claim3_nc2_improves_with_linear_depth(runs: list[Run]) -> dict:
         rho = spearman(depths, means)
         ok = rho < 0 and means[-1] < means[0]
         verdicts.append(ok)
-        evidence["by_weight_decay"][f"{wd:g}"] = {"linear_depths": depths, "nc2_penultimate": means,
-                                                  "spearman": rho, "holds": ok}
-        deciding.append(f"wd {wd:g}: NC2(Z_(L-1)) " + " -> ".join(f"{m:.3g}" for m in means)
-                        + f" for {depths[0]}..{depths[-1]} linear layers (Spearman {rho:.2f})")
+        evidence["by_weight_decay"][f"{wd:g}"] = {
+            "linear_depths": depths,
+            "nc2_penultimate": means,
+            "spearman": rho,
+            "holds": ok,
+        }
+        deciding.append(
+            f"wd {wd:g}: NC2(Z_(L-1)) "
+            + " -> ".join(f"{m:.3g}" for m in means)
+            + f" for {depths[0]}..{depths[-1]} linear layers (Spearman {rho:.2f})"
+        )
     return _result(3, statement, rule, all(verdicts), evidence, "; ".join(deciding))
 
 
@@ -206,20 +260,26 @@ def settled_change(run: Run) -> float:
     if not earlier:
         return float("nan")
     before, after = nonlinear_depth_point(run, earlier[-1]), nonlinear_depth_point(run)
-    changes = [abs(after[k] - before[k]) / abs(after[k]) if after[k] else np.inf
-               for k in ("balancedness_mean", "negativity_mean")]
+    changes = [
+        abs(after[k] - before[k]) / abs(after[k]) if after[k] else np.inf
+        for k in ("balancedness_mean", "negativity_mean")
+    ]
     return float(np.max(changes))  # a NaN (no such layer value) propagates and fails the rule
 
 
 def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
-    statement = ("As the non-linear part gets deeper, its layers become more balanced and less non-linear "
-                 "(balancedness and negativity of the non-linear layers fall with depth).")
-    rule = (f"every run has settled (its mean balancedness and mean negativity moved <= {SETTLED_CHANGE:.0%} "
-            f"between {SETTLED_FROM:.0%} of its epochs and the end); then for each learning rate, on seed means: "
-            "Spearman correlation with non-linear depth < 0 for both the mean balancedness and the mean "
-            "negativity of the non-linear layers, and both lower at the deepest network than at the shallowest. "
-            "The minima over the layers (the figure's other lines) are judged the same way and reported; "
-            "where they do not fall, the report names the discrepancy with the paper's figure")
+    statement = (
+        "As the non-linear part gets deeper, its layers become more balanced and less non-linear "
+        "(balancedness and negativity of the non-linear layers fall with depth)."
+    )
+    rule = (
+        f"every run has settled (its mean balancedness and mean negativity moved <= {SETTLED_CHANGE:.0%} "
+        f"between {SETTLED_FROM:.0%} of its epochs and the end); then for each learning rate, on seed means: "
+        "Spearman correlation with non-linear depth < 0 for both the mean balancedness and the mean "
+        "negativity of the non-linear layers, and both lower at the deepest network than at the shallowest. "
+        "The minima over the layers (the figure's other lines) are judged the same way and reported; "
+        "where they do not fall, the report names the discrepancy with the paper's figure"
+    )
     runs = _ok(runs)
     if not runs:
         return _result(4, statement, rule, None, {"runs": 0})
@@ -229,8 +289,13 @@ def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
     if len(set(names)) < len(names):
         names = [f"{i}: {name}" for i, name in enumerate(names)]
     changes = dict(zip(names, values))
-    evidence = {"runs": len(runs), "settled": settled, "largest_change_over_last_quarter": float(np.max(values)),
-                "change_over_last_quarter": changes, "by_lr": {}}
+    evidence = {
+        "runs": len(runs),
+        "settled": settled,
+        "largest_change_over_last_quarter": float(np.max(values)),
+        "change_over_last_quarter": changes,
+        "by_lr": {},
+    }
     verdicts, deciding, minima_fall = [settled], [], []
     for lr, by_depth in sorted(by_lr_and_nonlinear_depth(runs).items()):
         depths = sorted(by_depth)
@@ -252,14 +317,19 @@ def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
             f"{entry['balancedness_mean'][0]:.3g} -> {entry['balancedness_mean'][-1]:.3g}, mean negativity "
             f"{entry['negativity_mean'][0]:.3g} -> {entry['negativity_mean'][-1]:.3g} (minima "
             f"{entry['balancedness_min'][0]:.3g} -> {entry['balancedness_min'][-1]:.3g} and "
-            f"{entry['negativity_min'][0]:.3g} -> {entry['negativity_min'][-1]:.3g})")
+            f"{entry['negativity_min'][0]:.3g} -> {entry['negativity_min'][-1]:.3g})"
+        )
     evidence["minima_fall"] = all(minima_fall)
     if not all(minima_fall):
-        evidence["discrepancy"] = ("the minima over the non-linear layers do not fall with depth at every learning "
-                                   "rate, while the paper's figure shows them falling; the means decide the claim")
-    deciding.append(f"every run settled (largest change over the last quarter "
-                    f"{evidence['largest_change_over_last_quarter']:.1%})" if settled
-                    else f"NOT every run settled (largest change {evidence['largest_change_over_last_quarter']:.1%})")
+        evidence["discrepancy"] = (
+            "the minima over the non-linear layers do not fall with depth at every learning "
+            "rate, while the paper's figure shows them falling; the means decide the claim"
+        )
+    deciding.append(
+        f"every run settled (largest change over the last quarter {evidence['largest_change_over_last_quarter']:.1%})"
+        if settled
+        else f"NOT every run settled (largest change {evidence['largest_change_over_last_quarter']:.1%})"
+    )
     return _result(4, statement, rule, all(verdicts), evidence, "; ".join(deciding))
 
 

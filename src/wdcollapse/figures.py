@@ -3,6 +3,7 @@ once, with its experiment config, its plotter, the claims it is judged by and wh
 states of its settings. Which runs a preset sweeps for a figure is in
 conf/reproduce/<preset>.yaml under the same name; docs/claims.md describes all of it in prose.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,43 +11,92 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class FigureSpec:
-    name: str                     # = the experiment config conf/experiment/<name>.yaml
+    name: str  # = the experiment config conf/experiment/<name>.yaml
     title: str
-    paper_figure: str | None      # where it is in the paper; None for our own experiment
-    plot: str                     # "training" | "linear_depth" | "nonlinear_depth" | "theory"
+    paper_figure: str | None  # where it is in the paper; None for our own experiment
+    plot: str  # "training" | "linear_depth" | "nonlinear_depth" | "theory"
     claims: tuple[int, ...] = ()  # the claims of claims.CLAIMS this figure is judged by
     first_plotted_layer: int = 1  # the training curves start at this layer (the paper's choice)
     paper: dict = field(default_factory=dict)  # settings the paper states for this figure
-    open_architecture: tuple[str, ...] = ()    # architecture settings the paper leaves open here
-    theorem31: bool = False       # Theorem 3.1's bound is checked on this figure's runs
+    open_architecture: tuple[str, ...] = ()  # architecture settings the paper leaves open here
+    theorem31: bool = False  # Theorem 3.1's bound is checked on this figure's runs
 
     @property
     def ours(self) -> bool:
         return self.paper_figure is None
 
 
-FIGURES: dict[str, FigureSpec] = {f.name: f for f in (
-    FigureSpec("mlp_mnist", "MLP (6 ReLU + 3 linear) on MNIST", "early Fig. 1 / ICLR Fig. 4", "training",
-               claims=(1, 2), first_plotted_layer=3, theorem31=True,
-               paper={"optim.lr": 0.001, "optim.weight_decay": 0.0018, "seeds": 5}),
-    FigureSpec("resnet20_cifar10", "ResNet20 + 3 ReLU + 3 linear on CIFAR-10", "ICLR Fig. 1", "training",
-               claims=(1, 2), first_plotted_layer=1,
-               paper={"optim.lr": 0.001, "optim.weight_decay": 0.001, "trainer.max_epochs": "~5000"}),
-    FigureSpec("linear_depth_mnist", "MLP with 5 ReLU layers on MNIST: linear-head depth", "Fig. 2 (MNIST)",
-               "linear_depth", claims=(3,),
-               paper={"optim.lr": 0.001, "optim.weight_decay": "0.001 and 0.004"}),
-    FigureSpec("linear_depth_cifar10", "ResNet20 on CIFAR-10: linear-head depth", "Fig. 2 (CIFAR-10)",
-               "linear_depth", claims=(3,), open_architecture=("model.nonlinear_depth",),
-               paper={"optim.lr": 0.001, "optim.weight_decay": 0.001}),
-    FigureSpec("resnet20_mnist", "ResNet20 on MNIST: linear-head depth", "appendix Fig. 5", "linear_depth",
-               claims=(3,), open_architecture=("model.nonlinear_depth",)),
-    FigureSpec("nonlinear_depth_mnist", "MLP on MNIST: non-linear depth", "Fig. 3", "nonlinear_depth",
-               claims=(4,), open_architecture=("model.linear_depth",),
-               paper={"optim.lr": "0.001 and 0.002", "optim.weight_decay": "0.016 / L"}),
-    FigureSpec("theory_gd", "Full-batch GD in Theorem 4.4's setting", None, "theory", theorem31=True,
-               open_architecture=("model.nonlinear_depth", "model.linear_depth", "model.activation",
-                                  "model.activation_kwargs")),
-)}
+FIGURES: dict[str, FigureSpec] = {
+    f.name: f
+    for f in (
+        FigureSpec(
+            "mlp_mnist",
+            "MLP (6 ReLU + 3 linear) on MNIST",
+            "early Fig. 1 / ICLR Fig. 4",
+            "training",
+            claims=(1, 2),
+            first_plotted_layer=3,
+            theorem31=True,
+            paper={"optim.lr": 0.001, "optim.weight_decay": 0.0018, "seeds": 5},
+        ),
+        FigureSpec(
+            "resnet20_cifar10",
+            "ResNet20 + 3 ReLU + 3 linear on CIFAR-10",
+            "ICLR Fig. 1",
+            "training",
+            claims=(1, 2),
+            first_plotted_layer=1,
+            paper={"optim.lr": 0.001, "optim.weight_decay": 0.001, "trainer.max_epochs": "~5000"},
+        ),
+        FigureSpec(
+            "linear_depth_mnist",
+            "MLP with 5 ReLU layers on MNIST: linear-head depth",
+            "Fig. 2 (MNIST)",
+            "linear_depth",
+            claims=(3,),
+            paper={"optim.lr": 0.001, "optim.weight_decay": "0.001 and 0.004"},
+        ),
+        FigureSpec(
+            "linear_depth_cifar10",
+            "ResNet20 on CIFAR-10: linear-head depth",
+            "Fig. 2 (CIFAR-10)",
+            "linear_depth",
+            claims=(3,),
+            open_architecture=("model.nonlinear_depth",),
+            paper={"optim.lr": 0.001, "optim.weight_decay": 0.001},
+        ),
+        FigureSpec(
+            "resnet20_mnist",
+            "ResNet20 on MNIST: linear-head depth",
+            "appendix Fig. 5",
+            "linear_depth",
+            claims=(3,),
+            open_architecture=("model.nonlinear_depth",),
+        ),
+        FigureSpec(
+            "nonlinear_depth_mnist",
+            "MLP on MNIST: non-linear depth",
+            "Fig. 3",
+            "nonlinear_depth",
+            claims=(4,),
+            open_architecture=("model.linear_depth",),
+            paper={"optim.lr": "0.001 and 0.002", "optim.weight_decay": "0.016 / L"},
+        ),
+        FigureSpec(
+            "theory_gd",
+            "Full-batch GD in Theorem 4.4's setting",
+            None,
+            "theory",
+            theorem31=True,
+            open_architecture=(
+                "model.nonlinear_depth",
+                "model.linear_depth",
+                "model.activation",
+                "model.activation_kwargs",
+            ),
+        ),
+    )
+}
 
 
 def figure_spec(name: str) -> FigureSpec:
@@ -54,5 +104,6 @@ def figure_spec(name: str) -> FigureSpec:
     try:
         return FIGURES[name]
     except KeyError:
-        raise SystemExit(f"error: no figure {name!r} in wdcollapse.figures.FIGURES; "
-                         f"choose one of {sorted(FIGURES)}") from None
+        raise SystemExit(
+            f"error: no figure {name!r} in wdcollapse.figures.FIGURES; choose one of {sorted(FIGURES)}"
+        ) from None

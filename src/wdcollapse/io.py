@@ -1,4 +1,5 @@
 """Files that survive a kill at any moment: whole-line appends and temp-file-then-rename writes."""
+
 from __future__ import annotations
 
 import json

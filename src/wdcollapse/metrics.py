@@ -60,9 +60,7 @@ def _check_inputs(features, labels, num_classes: int, exact: bool = True, check_
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
         raise ValueError("labels must be a 1-D tensor")
     if labels.shape[0] != z.shape[0]:
-        raise ValueError(
-            f"labels has length {labels.shape[0]} but features has {z.shape[0]} rows"
-        )
+        raise ValueError(f"labels has length {labels.shape[0]} but features has {z.shape[0]} rows")
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
     y = labels.long().to(z.device)
@@ -82,9 +80,7 @@ def check_label_range(labels: torch.Tensor, num_classes: int) -> None:
 def _check_weight(weight, num_classes: int, dim: int) -> torch.Tensor:
     w = _check_2d(weight, "weight")
     if w.shape != (num_classes, dim):
-        raise ValueError(
-            f"weight must have shape [K, d] = [{num_classes}, {dim}], got {tuple(w.shape)}"
-        )
+        raise ValueError(f"weight must have shape [K, d] = [{num_classes}, {dim}], got {tuple(w.shape)}")
     return w
 
 
@@ -256,8 +252,7 @@ def _balancedness(a: torch.Tensor, b: torch.Tensor, sq_op_a: float, sq_op_b: flo
     return num / den
 
 
-def _residual(z: torch.Tensor, activated: torch.Tensor | None, exact: bool = True,
-              owned: bool = False) -> torch.Tensor:
+def _residual(z: torch.Tensor, activated: torch.Tensor | None, exact: bool = True, owned: bool = False) -> torch.Tensor:
     """Z - sigma(Z): from the activation's output `activated` (same shape as z), or min(Z, 0),
     ReLU's, without one. `owned`: z is a copy the caller lets us overwrite."""
     if activated is None:
@@ -318,9 +313,7 @@ class NCAccumulator:
             self.counts, self.means, self.m2 = counts.clone(), means.clone(), m2.clone()
             return
         if means.shape != self.means.shape:
-            raise ValueError(
-                f"feature shapes differ: {tuple(self.means.shape)} vs {tuple(means.shape)}"
-            )
+            raise ValueError(f"feature shapes differ: {tuple(self.means.shape)} vs {tuple(means.shape)}")
         counts, means, m2 = (t.to(self.means.device) for t in (counts, means, m2))
         n_a, n_b = self.counts.double(), counts.double()
         n = (n_a + n_b).clamp_min(1)  # empty in both: all correction terms are 0
@@ -378,19 +371,16 @@ class NCAccumulator:
             "cos_sum": self.cos_sum,
         }
 
-    def merge(self, other: "NCAccumulator | dict") -> "NCAccumulator":
+    def merge(self, other: NCAccumulator | dict) -> NCAccumulator:
         """Fold in another accumulator (or its state_dict) fed disjoint data."""
         if isinstance(other, NCAccumulator):
             if (self.weight is None) != (other.weight is None) or (
-                self.weight is not None
-                and not torch.equal(self.weight, other.weight.to(self.weight.device))
+                self.weight is not None and not torch.equal(self.weight, other.weight.to(self.weight.device))
             ):
                 raise ValueError("cannot merge accumulators built with different weights")
             other = other.state_dict()
         if other["num_classes"] != self.num_classes:
-            raise ValueError(
-                f"cannot merge: num_classes {self.num_classes} vs {other['num_classes']}"
-            )
+            raise ValueError(f"cannot merge: num_classes {self.num_classes} vs {other['num_classes']}")
         if other["counts"] is not None:
             self._merge_stats(other["counts"], other["means"], other["m2"])
         self.cos_sum += float(other["cos_sum"])
@@ -419,7 +409,7 @@ class GramAccumulator:
         """sqrt of the largest eigenvalue of the accumulated Gram matrix."""
         return _gram_op_norm(self.gram)
 
-    def merge(self, other: "GramAccumulator") -> "GramAccumulator":
+    def merge(self, other: GramAccumulator) -> GramAccumulator:
         """Add another accumulator's Gram matrix (disjoint rows)."""
         if other.dim != self.dim:
             raise ValueError(f"cannot merge: dim {self.dim} vs {other.dim}")
@@ -449,7 +439,7 @@ class NegativityAccumulator:
         denom = self.full.op_norm()
         return 0.0 if denom == 0.0 else self.neg.op_norm() / denom
 
-    def merge(self, other: "NegativityAccumulator") -> "NegativityAccumulator":
+    def merge(self, other: NegativityAccumulator) -> NegativityAccumulator:
         """Fold in another accumulator fed disjoint rows."""
         self.full.merge(other.full)
         self.neg.merge(other.neg)

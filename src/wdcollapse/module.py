@@ -1,4 +1,5 @@
 """The LightningModule: loss, optimizer and learning-rate schedule around a LayerwiseNet."""
+
 from __future__ import annotations
 
 import math
@@ -8,14 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from .models import LayerwiseNet
+from .schema import LossName, MseReduction, OptimizerName, names
 
-LOSSES = ("mse", "cross_entropy")
-OPTIMIZERS = ("sgd", "gd", "adam", "adamw")
-MSE_REDUCTIONS = ("half_mean", "half_sum", "mean")
+LOSSES = names(LossName)
+OPTIMIZERS = names(OptimizerName)
+MSE_REDUCTIONS = names(MseReduction)
 
 
-def classification_loss(output: torch.Tensor, labels: torch.Tensor, loss: str, mse_reduction: str,
-                        num_total: int | None = None) -> torch.Tensor:
+def classification_loss(
+    output: torch.Tensor, labels: torch.Tensor, loss: str, mse_reduction: str, num_total: int | None = None
+) -> torch.Tensor:
     """`mse` on one-hot targets, reduced as the paper's C = 1/2 ||Z_L - Y||_F^2 (`half_sum`), as
     C / N (`half_mean`: 1/2 ||z_i - y_i||^2 averaged over samples, the same objective for any
     batch size) or as torch's MSELoss (`mean` over all N*K entries, K/2 times weaker); or
@@ -47,8 +50,9 @@ def half_sum_factor(loss: str, mse_reduction: str, num_samples: int, num_classes
     raise ValueError(f"unknown mse_reduction {mse_reduction!r}; choose {MSE_REDUCTIONS}")
 
 
-def lr_factor(step: int, steps_per_epoch: int, max_epochs: int, warmup_epochs: float,
-              drop_at: float | None, drop_factor: float) -> float:
+def lr_factor(
+    step: int, steps_per_epoch: int, max_epochs: int, warmup_epochs: float, drop_at: float | None, drop_factor: float
+) -> float:
     """Linear warm-up over `warmup_epochs`, then constant, times `drop_factor` from the
     fraction `drop_at` of training on."""
     factor = 1.0
@@ -153,8 +157,9 @@ def build_optimizer(params, optim: dict, steps_per_epoch: int, max_epochs: int):
     lr, wd = float(o["lr"]), float(o.get("weight_decay", 0.0))
     if name in ("sgd", "gd"):
         momentum = 0.0 if name == "gd" else float(o.get("momentum", 0.0))
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd,
-                              nesterov=bool(o.get("nesterov", False)) and momentum > 0)
+        opt = torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=wd, nesterov=bool(o.get("nesterov", False)) and momentum > 0
+        )
     elif name == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
     elif name == "adamw":
@@ -163,8 +168,14 @@ def build_optimizer(params, optim: dict, steps_per_epoch: int, max_epochs: int):
         raise ValueError(f"unknown optim.name {name!r}; choose one of {OPTIMIZERS}")
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda step: lr_factor(step, steps_per_epoch, max_epochs, float(o.get("warmup_epochs", 0)),
-                               o.get("lr_drop_at"), float(o.get("lr_drop_factor", 0.1))),
+        lambda step: lr_factor(
+            step,
+            steps_per_epoch,
+            max_epochs,
+            float(o.get("warmup_epochs", 0)),
+            o.get("lr_drop_at"),
+            float(o.get("lr_drop_factor", 0.1)),
+        ),
     )
     return opt, schedule
 

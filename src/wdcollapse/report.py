@@ -1,12 +1,12 @@
 """Figures and the claims report of a reproduction, from its run directories."""
+
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-
-from . import claims, theory
+from . import claims, fits, keys, theorems
 from .figures import FIGURES, figure_spec
 from .io import atomic_write_json, atomic_write_text, read_json
 from .plots.depth_sweeps import plot_linear_depth_sweep, plot_nonlinear_depth_sweep
@@ -14,15 +14,32 @@ from .plots.theory import plot_theorem31, plot_two_phases
 from .plots.training import plot_grams, plot_training_curves
 from .runs import Run
 
-UNKNOWN_IN_PAPER = ["optim.name", "optim.momentum", "optim.warmup_epochs", "optim.lr_drop_factor", "data.batch_size",
-                    "data.normalize", "data.test_num_per_class", "model.width", "model.init", "model.bias",
-                    "loss.mse_reduction"]
+UNKNOWN_IN_PAPER = [
+    "optim.name",
+    "optim.momentum",
+    "optim.warmup_epochs",
+    "optim.lr_drop_factor",
+    "data.batch_size",
+    "data.normalize",
+    "data.test_num_per_class",
+    "model.width",
+    "model.init",
+    "model.bias",
+    "loss.mse_reduction",
+]
 OURS = "n/a (our experiment, not a paper figure)"
-NULL_MEANS = {"data.num_per_class": "full training set", "data.test_num_per_class": "whole test set",
-              "optim.lr_drop_at": "no drop", "data.batch_size": "full batch"}
+NULL_MEANS = {
+    "data.num_per_class": "full training set",
+    "data.test_num_per_class": "whole test set",
+    "optim.lr_drop_at": "no drop",
+    "data.batch_size": "full batch",
+}
 ALWAYS_SHOWN = ["optim.lr", "optim.weight_decay", "data.num_per_class", "trainer.max_epochs", "optim.lr_drop_at"]
-REPORTED = {"data.num_per_class": "full training set (presumably)", "trainer.max_epochs": "5000-10000 (reported)",
-            "optim.lr_drop_at": "0.8 (reported; the factor is not)"}
+REPORTED = {
+    "data.num_per_class": "full training set (presumably)",
+    "trainer.max_epochs": "5000-10000 (reported)",
+    "optim.lr_drop_at": "0.8 (reported; the factor is not)",
+}
 
 
 def verdict(passed: bool | None, missing: str = "NOT RUN") -> str:
@@ -41,7 +58,7 @@ def make_figures(out: Path, figures, runs_of: Callable) -> list[Path]:
             finished = [r for r in runs if r.status == "finished" and r.grams]
             if finished:
                 made += plot_grams(finished[0], f"{stem}_grams", spec.title)
-            if any("theory/dist" in r.final for r in runs):
+            if any(keys.theory("dist") in r.final for r in runs):
                 made += plot_theorem31(runs, f"{stem}_theorem31", spec.title)
         elif spec.plot == "linear_depth":
             made += plot_linear_depth_sweep(runs, stem, spec.title)
@@ -67,8 +84,13 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
         stated = OURS if ours_experiment else paper.get(key, REPORTED.get(key, "not stated"))
         rows.append((key, str(stated), values_of(runs, key)))
     seeds = sorted({r.config.get("seed") for r in runs})
-    rows.append(("seeds", OURS if ours_experiment else str(paper.get("seeds", "not stated")),
-                 f"{len(seeds)} ({', '.join(map(str, seeds))})"))
+    rows.append(
+        (
+            "seeds",
+            OURS if ours_experiment else str(paper.get("seeds", "not stated")),
+            f"{len(seeds)} ({', '.join(map(str, seeds))})",
+        )
+    )
     for key in UNKNOWN_IN_PAPER + list(spec.open_architecture):
         rows.append((key, OURS if ours_experiment else "not stated (ASSUMPTION)", values_of(runs, key)))
     return rows
@@ -76,6 +98,7 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
 
 def values_of(runs: list[Run], key: str) -> str:
     """The distinct values of a setting over the runs, numbers in numeric order, joined by commas."""
+
     def number(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -91,11 +114,14 @@ def status_rows(figure, runs: list[Run]) -> dict:
     timed = [r.summary for r in runs if r.summary.get("wall_seconds")]
     wall = sum(t["wall_seconds"] for t in timed)
     metric = sum(t.get("metric_seconds") or 0.0 for t in timed)
-    return {"expected": figure.num_runs, **counts,
-            "mean_run_seconds": round(wall / len(timed), 1) if timed else None,
-            "metric_share": round(metric / wall, 3) if wall else None,
-            "diverged_runs": {r.path.name: r.summary.get("diverged_epoch") for r in runs if r.status == "diverged"},
-            "failed_runs": {r.path.name: r.summary.get("error") for r in runs if r.status == "failed"}}
+    return {
+        "expected": figure.num_runs,
+        **counts,
+        "mean_run_seconds": round(wall / len(timed), 1) if timed else None,
+        "metric_share": round(metric / wall, 3) if wall else None,
+        "diverged_runs": {r.path.name: r.summary.get("diverged_epoch") for r in runs if r.status == "diverged"},
+        "failed_runs": {r.path.name: r.summary.get("error") for r in runs if r.status == "failed"},
+    }
 
 
 def decide_claims(figures, runs_of: Callable, skipped: dict | None = None) -> list[dict]:
@@ -119,19 +145,29 @@ def theory_checks(figures, runs_of: Callable) -> list[dict]:
         if not spec.theorem31:
             continue
         runs = [r for r in runs_of(figure) if r.status == "finished"]
-        per_run = {r.path.name: theory.bound_holds(r.history) for r in runs}
+        per_run = {r.path.name: theorems.bound_holds(r.history) for r in runs}
         verdicts = [v["holds"] for v in per_run.values() if v["holds"] is not None]
-        checks.append({"id": f"theorem_3_1_bound/{figure.name}",
-                       "statement": "||Z_(L-1) - W_L^+ Y||_F <= r (eps1 / (s_K(Y) - eps1) + sqrt(n_(L-1) eps2)) "
-                                    "and NC1 <= its bound, wherever eps1 <= min(s_K(Y), sqrt((K-1)N/(4K)))",
-                       "passed": all(verdicts) if verdicts else None, "evidence": per_run})
+        checks.append(
+            {
+                "id": f"theorem_3_1_bound/{figure.name}",
+                "statement": "||Z_(L-1) - W_L^+ Y||_F <= r (eps1 / (s_K(Y) - eps1) + sqrt(n_(L-1) eps2)) "
+                "and NC1 <= its bound, wherever eps1 <= min(s_K(Y), sqrt((K-1)N/(4K)))",
+                "passed": all(verdicts) if verdicts else None,
+                "evidence": per_run,
+            }
+        )
         if spec.plot == "theory":
-            rates = {r.path.name: theory.rate_matches(read_json(r.path / "theory.json", default={})) for r in runs}
+            rates = {r.path.name: fits.rate_matches(read_json(r.path / "theory.json", default={})) for r in runs}
             verdicts = [v.get("matches") for v in rates.values() if v.get("matches") is not None]
-            checks.append({"id": f"balancing_rate/{figure.name}",
-                           "statement": "in phase 2 the linear-head balancedness error decays at the theory's "
-                                        "(1 - eta lambda)^2 per step",
-                           "passed": all(verdicts) if verdicts else None, "evidence": rates})
+            checks.append(
+                {
+                    "id": f"balancing_rate/{figure.name}",
+                    "statement": "in phase 2 the linear-head balancedness error decays at the theory's "
+                    "(1 - eta lambda)^2 per step",
+                    "passed": all(verdicts) if verdicts else None,
+                    "evidence": rates,
+                }
+            )
     return checks
 
 
@@ -160,25 +196,45 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
     status = {f.name: status_rows(f, runs_of(f)) for f in figures}
     settings = {f.name: settings_rows(f, runs_of(f)) for f in figures}
     checks = theory_checks(figures, runs_of)
-    report = {"preset": preset, "claims": decided, "theory": checks, "runs": status, "skipped_figures": skipped,
-              "settings": {name: [dict(zip(("setting", "paper", "here"), row)) for row in rows]
-                           for name, rows in settings.items()}}
+    report = {
+        "preset": preset,
+        "claims": decided,
+        "theory": checks,
+        "runs": status,
+        "skipped_figures": skipped,
+        "settings": {
+            name: [dict(zip(("setting", "paper", "here"), row)) for row in rows] for name, rows in settings.items()
+        },
+    }
     atomic_write_json(out / "report.json", report)
 
     doc = claims_doc(out)
-    lines = [f"# Reproduction report (preset `{preset}`)", "",
-             "Jacot, Súkeník, Wang, Mondelli, *Wide Neural Networks Trained with Weight Decay Provably "
-             f"Exhibit Neural Collapse*, ICLR 2025. The claims, their rules and each figure's settings are in "
-             f"[{doc}]({doc}); each figure is judged by the claims it illustrates, from the run directories "
-             "under `runs/`.", "", "## Verdicts", "", "| figure | claim | verdict | deciding numbers |",
-             "|---|---|---|---|"]
+    lines = [
+        f"# Reproduction report (preset `{preset}`)",
+        "",
+        "Jacot, Súkeník, Wang, Mondelli, *Wide Neural Networks Trained with Weight Decay Provably "
+        f"Exhibit Neural Collapse*, ICLR 2025. The claims, their rules and each figure's settings are in "
+        f"[{doc}]({doc}); each figure is judged by the claims it illustrates, from the run directories "
+        "under `runs/`.",
+        "",
+        "## Verdicts",
+        "",
+        "| figure | claim | verdict | deciding numbers |",
+        "|---|---|---|---|",
+    ]
     for c in decided:
         why = c["evidence"].get("why", "")
         lines.append(f"| {c['figure']} | {c['claim']} | **{verdict(c['passed'])}** | {c['deciding'] or why} |")
     lines += ["", "## Claims", ""]
     for c in decided:
-        lines += [f"### {c['figure']}, claim {c['claim']}: **{verdict(c['passed'])}**", "", c["statement"], "",
-                  f"*Rule:* {c['rule']}", ""]
+        lines += [
+            f"### {c['figure']}, claim {c['claim']}: **{verdict(c['passed'])}**",
+            "",
+            c["statement"],
+            "",
+            f"*Rule:* {c['rule']}",
+            "",
+        ]
         if c["deciding"]:
             lines += [f"*Deciding numbers:* {c['deciding']}", ""]
         for key, value in c["evidence"].items():
@@ -191,18 +247,25 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
         for c in checks:
             lines += [f"### {c['id']}: **{verdict(c['passed'])}**", "", c["statement"], ""]
             lines += [f"- {name}: {_fmt(ev)}" for name, ev in c["evidence"].items()] + [""]
-    lines += ["## Runs", "",
-              "| figure | expected | finished | diverged | failed | running | mean s/run | metric pass share |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Runs",
+        "",
+        "| figure | expected | finished | diverged | failed | running | mean s/run | metric pass share |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in status.items():
         share = "" if s["metric_share"] is None else f"{s['metric_share']:.0%}"
-        lines.append(f"| {name} | {s['expected']} | {s['finished']} | {s['diverged']} | {s['failed']} | "
-                     f"{s['running']} | {s['mean_run_seconds']} | {share} |")
+        lines.append(
+            f"| {name} | {s['expected']} | {s['finished']} | {s['diverged']} | {s['failed']} | "
+            f"{s['running']} | {s['mean_run_seconds']} | {share} |"
+        )
     for name, why in skipped.items():
         lines.append(f"| {name} | skipped: {why} | | | | | | |")
     lines.append("")
-    lines.append("The metric pass share is the time of the metric passes (training set, Theorem 3.1's "
-                 "quantities, test accuracy) over the runs' wall time.")
+    lines.append(
+        "The metric pass share is the time of the metric passes (training set, Theorem 3.1's "
+        "quantities, test accuracy) over the runs' wall time."
+    )
     for name, s in status.items():
         for run, epoch in s["diverged_runs"].items():
             lines.append(f"\n- {name}/{run}: **diverged** at epoch {epoch} (its curves stop there; no claim uses it)")

@@ -11,6 +11,7 @@ Outputs go to outputs/reproduce/<preset>/: runs/<figure>/<overrides>/ (one run d
 job), figures/*.png|pdf, REPORT.md and report.json, logs/<figure>.log (the multirun's output).
 Re-running skips finished runs, resumes killed ones, and re-plots.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,14 @@ def load_spec(preset: str) -> tuple[int, list[Figure]]:
     for f in spec["figures"].values():
         figure_spec(f["experiment"])  # every figure's plotter and claims are registered
     figures = [
-        Figure(name, f["experiment"], {k: str(v) for k, v in f.get("sweep", {}).items()},
-               list(f.get("overrides", [])), f.get("needs"), bool(f.get("use_preset", True)))
+        Figure(
+            name,
+            f["experiment"],
+            {k: str(v) for k, v in f.get("sweep", {}).items()},
+            list(f.get("overrides", [])),
+            f.get("needs"),
+            bool(f.get("use_preset", True)),
+        )
         for name, f in spec["figures"].items()
     ]
     return int(spec.get("jobs", 2)), figures
@@ -74,8 +81,10 @@ def matches_sweep(run: Run, figure: Figure) -> bool:
         node = run.get(key)
         allowed = [float(v) if _is_number(v) else v for v in str(values).split(",")]
         value = float(node) if _is_number(node) else node
-        if not any(value == a or (isinstance(a, float) and isinstance(value, float) and abs(value - a) <= 1e-12 * abs(a))
-                   for a in allowed):
+        if not any(
+            value == a or (isinstance(a, float) and isinstance(value, float) and abs(value - a) <= 1e-12 * abs(a))
+            for a in allowed
+        ):
             return False
     return True
 
@@ -98,14 +107,32 @@ def run_subdir(figure: Figure) -> str:
     return "'" + ",".join(f"{key}=${{{key}}}" for key in figure.sweep) + "'"
 
 
+def wandb_overrides(figure: Figure, preset: str) -> list[str]:
+    """The W&B run of each job carries its figure, preset and swept values as config and tags
+    (`seed=0`), so that grouping and filters in W&B rebuild a figure's lines and bands."""
+    tags = [f"figure={figure.name}", f"preset={preset}", *(f"{k}=${{{k}}}" for k in figure.sweep)]
+    quoted = ",".join(f"'{t}'" for t in tags)
+    return [f"+logger.wandb.tags=[{quoted}]",
+            f"+logger.wandb.config={{figure:{figure.name},preset:{preset}}}"]
+
+
 def multirun_command(figure: Figure, preset: str, sweep_dir: Path, jobs: int, extra: list[str]) -> list[str]:
     return [
-        sys.executable, "-m", "wdcollapse.train", "-m",
-        f"experiment={figure.experiment}", *([f"preset={preset}"] if figure.use_preset else []),
-        "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}",
-        f"hydra.sweep.dir={sweep_dir}", f"hydra.sweep.subdir={run_subdir(figure)}",
+        sys.executable,
+        "-m",
+        "wdcollapse.train",
+        "-m",
+        f"experiment={figure.experiment}",
+        *([f"preset={preset}"] if figure.use_preset else []),
+        "hydra/launcher=joblib",
+        f"hydra.launcher.n_jobs={jobs}",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.sweep.subdir={run_subdir(figure)}",
         f"logger.wandb.group={figure.name}-{preset}",
-        *[f"{k}={v}" for k, v in figure.sweep.items()], *figure.overrides, *extra,
+        *wandb_overrides(figure, preset),
+        *[f"{k}={v}" for k, v in figure.sweep.items()],
+        *figure.overrides,
+        *extra,
     ]
 
 
@@ -126,8 +153,10 @@ class Progress(threading.Thread):
         per_run = f", {sum(times) / len(times):.0f} s/run" if times else ""
         epochs = ", ".join(f"{r.final.get('epoch', 0)}/{r.config['trainer']['max_epochs']}" for r in running)
         elapsed = time.time() - self.start_time
-        return (f"[{self.figure.name}] {len(done)}/{self.figure.num_runs} done, {len(running)} running"
-                f"{' (epochs ' + epochs + ')' if running else ''}{per_run}, {elapsed / 60:.1f} min")
+        return (
+            f"[{self.figure.name}] {len(done)}/{self.figure.num_runs} done, {len(running)} running"
+            f"{' (epochs ' + epochs + ')' if running else ''}{per_run}, {elapsed / 60:.1f} min"
+        )
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
@@ -173,8 +202,9 @@ def cifar_overrides(cifar: str | None, data_dir: Path) -> list[str] | None:
 
         path = extract_image_folder(path, data_dir / "cifar10-jpg")
     if not (path / "train").is_dir():
-        raise SystemExit(f"error: --cifar {cifar}: expected a folder with train/ and test/ class folders "
-                         "or the cifar10-jpg tarball")
+        raise SystemExit(
+            f"error: --cifar {cifar}: expected a folder with train/ and test/ class folders or the cifar10-jpg tarball"
+        )
     return [f"data.image_folder={path}"]
 
 
@@ -183,11 +213,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="cpu", help="cpu (default), smoke or paper: conf/reproduce/<preset>.yaml")
     parser.add_argument("--out", default=None, help="output folder (default outputs/reproduce/<preset>)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: the preset's)")
-    parser.add_argument("--only", nargs="*", default=None,
-                        help="train only these figures (the report still covers every figure with runs)")
-    parser.add_argument("--cifar", default=None,
-                        help="CIFAR-10 for the CIFAR figures: an image folder, the cifar10-jpg tarball, or 'torchvision'")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="train only these figures (the report still covers every figure with runs)",
+    )
+    parser.add_argument(
+        "--cifar",
+        default=None,
+        help="CIFAR-10 for the CIFAR figures: an image folder, the cifar10-jpg tarball, or 'torchvision'",
+    )
     parser.add_argument("--plots-only", action="store_true", help="re-plot and re-report from existing runs")
+    parser.add_argument(
+        "--wandb",
+        default="offline",
+        choices=("offline", "online", "disabled"),
+        help="one W&B run per figure with its images, claims table and REPORT.md (default offline: `wandb sync` later)",
+    )
     args = parser.parse_args(argv)
 
     jobs, figures = load_spec(args.preset)
@@ -203,8 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     cifar = cifar_overrides(args.cifar, REPO_ROOT / "data")
 
     start = time.time()
-    skipped = {f.name: "needs CIFAR-10: pass --cifar DIR|TARBALL|torchvision (make reproduce CIFAR=...)"
-               for f in figures if f.needs == "cifar10" and cifar is None and not figure_runs(out, f)}
+    skipped = {
+        f.name: "needs CIFAR-10: pass --cifar DIR|TARBALL|torchvision (make reproduce CIFAR=...)"
+        for f in figures
+        if f.needs == "cifar10" and cifar is None and not figure_runs(out, f)
+    }
     for figure in to_run:
         if figure.name not in skipped and not args.plots_only:
             run_figure(figure, args.preset, out, jobs, cifar if figure.needs == "cifar10" else [])
@@ -215,10 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     loaded = {f.name: figure_runs(out, f) for f in reported}  # read every run directory once
     made = make_figures(out, reported, lambda f: loaded[f.name])
     report = write_report(out, args.preset, reported, lambda f: loaded[f.name], skipped)
+    if args.wandb != "disabled":
+        from .figures import figure_spec
+        from .wandb_log import log_figure_runs
+
+        specs = [figure_spec(f.experiment) for f in reported]
+        logged = log_figure_runs(out, args.preset, specs, report["claims"], out / "REPORT.md", mode=args.wandb)
+        print(f"W&B: {len(logged)} figure runs under {out / 'wandb'} ({args.wandb})")
     print(f"\nfigures: {out / 'figures'} ({len(made)} files)")
     for claim in report["claims"]:
-        print(f"{claim['figure']}, claim {claim['claim']}: {verdict(claim['passed'], 'n/a')}  "
-              f"{claim['deciding'] or claim['evidence'].get('why', '')}")
+        print(
+            f"{claim['figure']}, claim {claim['claim']}: {verdict(claim['passed'], 'n/a')}  "
+            f"{claim['deciding'] or claim['evidence'].get('why', '')}"
+        )
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     print(f"report: {out / 'REPORT.md'}  ({(time.time() - start) / 60:.1f} min)")

@@ -2,10 +2,11 @@
 checkpoints/last.ckpt), to recompute or extend its metrics after the fact:
 
     from wdcollapse.restore import restore
-    from wdcollapse.probe import metric_pass
+    from wdcollapse.metric_pass import metric_pass
     net, data, cfg = restore("outputs/runs/my_run")
     row, grams = metric_pass(net, data.eval_batches("train"), data.num_classes)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,11 +15,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import last_checkpoint
+from .rundir import last_checkpoint
 
 
-def restore(run_dir: str | Path, checkpoint: str | Path | None = None,
-            ) -> tuple[torch.nn.Module, object, DictConfig]:
+def restore(
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+) -> tuple[torch.nn.Module, object, DictConfig]:
     """(network in eval mode, set-up data module, resolved config) of the run in `run_dir`,
     with the weights and buffers of `checkpoint` (default: the run's last.ckpt). CPU tensors."""
     run_dir = Path(run_dir)

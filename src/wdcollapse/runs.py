@@ -1,5 +1,6 @@
 """Reading run directories: config, metrics history, summary, class-mean Gram matrices.
 Plots and reports read only these files, never a live model."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from . import keys
 from .io import read_json, read_jsonl
 
 
@@ -58,10 +60,10 @@ def linear_depth_point(run: Run) -> dict[str, float]:
     and of those entering the first linear layer (Z_{L1})."""
     L, L1, row = run.num_layers, run.nonlinear_depth, run.final
     return {
-        "nc1_last": row.get(f"nc1/layer_{L - 1}"),
-        "nc2_last": row.get(f"nc2/layer_{L - 1}"),
-        "nc1_first_linear": row.get(f"nc1/layer_{L1}"),
-        "nc2_first_linear": row.get(f"nc2/layer_{L1}"),
+        "nc1_last": row.get(keys.layer(keys.NC1, L - 1)),
+        "nc2_last": row.get(keys.layer(keys.NC2, L - 1)),
+        "nc1_first_linear": row.get(keys.layer(keys.NC1, L1)),
+        "nc2_first_linear": row.get(keys.layer(keys.NC2, L1)),
     }
 
 
@@ -69,24 +71,22 @@ def nonlinear_depth_point(run: Run, row: dict | None = None) -> dict[str, float]
     """Min and mean balancedness over the pairs of non-linear layers (l, l+1), l < L1, and min
     and mean negativity over the non-linear layers, in `row` (default: the end of training)."""
     L1, row = run.nonlinear_depth, run.final if row is None else row
-    bal = [row.get(f"balancedness/layer_{l}") for l in range(1, L1)]
-    neg = [row.get(f"negativity/layer_{l}") for l in range(1, L1 + 1)]
+    bal = [row.get(keys.layer(keys.BALANCEDNESS, l)) for l in range(1, L1)]
+    neg = [row.get(keys.layer(keys.NEGATIVITY, l)) for l in range(1, L1 + 1)]
     bal = [v for v in bal if v is not None]
     neg = [v for v in neg if v is not None]
     nan = float("nan")
     return {
-        "balancedness_min": min(bal) if bal else nan, "balancedness_mean": float(np.mean(bal)) if bal else nan,
-        "negativity_min": min(neg) if neg else nan, "negativity_mean": float(np.mean(neg)) if neg else nan,
+        "balancedness_min": min(bal) if bal else nan,
+        "balancedness_mean": float(np.mean(bal)) if bal else nan,
+        "negativity_min": min(neg) if neg else nan,
+        "negativity_mean": float(np.mean(neg)) if neg else nan,
     }
 
 
 def gram_keys(run: Run) -> list[str]:
-    """The paper's three Gram matrices: the last ReLU layer's pre-activation, then the outputs of
-    the linear-head layers except the last (the inputs of the last three weights)."""
-    L1, L = run.nonlinear_depth, run.num_layers
-    keys = [f"preact_{L1}"] if L1 >= 1 else []
-    keys += [f"layer_{l}" for l in range(L1 + 1, L)]
-    return keys[-3:]
+    """The paper's three Gram matrices of `run` (keys.paper_grams)."""
+    return keys.paper_grams(run.nonlinear_depth, run.num_layers)
 
 
 def group_by(runs: list[Run], x_of, group_of) -> dict:

@@ -1,4 +1,5 @@
 """Activations: ReLU, leaky ReLU, and a smooth leaky ReLU meeting Assumption 4.2."""
+
 from __future__ import annotations
 
 import math
@@ -6,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..schema import Activation, names
 
 
 class SmoothLeakyReLU(nn.Module):
@@ -27,7 +30,7 @@ class SmoothLeakyReLU(nn.Module):
         return self.gamma * x + (1.0 - self.gamma) * soft
 
 
-ACTIVATIONS = ("relu", "leaky_relu", "smooth_leaky_relu")
+ACTIVATIONS = names(Activation)
 
 
 def make_activation(name: str, **kwargs) -> nn.Module:

@@ -6,6 +6,7 @@ connected layers, numbered l = 1..L from the first fully connected layer:
     Z_l = W_l Z_{l-1}         for l >  nonlinear_depth  (the linear head, L2 layers)
 Z_0 is the trunk's output and Z_L the network output.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..schema import Init, names
 from .activations import make_activation
 
 
@@ -59,9 +61,7 @@ class LayerwiseNet(nn.Module):
     ):
         super().__init__()
         if nonlinear_depth < 0 or linear_depth < 1:
-            raise ValueError(
-                f"need nonlinear_depth >= 0 and linear_depth >= 1, got {nonlinear_depth}, {linear_depth}"
-            )
+            raise ValueError(f"need nonlinear_depth >= 0 and linear_depth >= 1, got {nonlinear_depth}, {linear_depth}")
         self.trunk = trunk
         self.nonlinear_depth = nonlinear_depth
         self.linear_depth = linear_depth
@@ -97,8 +97,13 @@ class LayerwiseNet(nn.Module):
         inside torch.compile (`compile=true`): the loop would put a copy of the trunk per piece
         into the graph."""
         piece = getattr(self.trunk, "eval_chunk", None)
-        if (piece and not self.trunk.training and x.device.type == "cpu" and len(x) > piece
-                and not torch.compiler.is_compiling()):
+        if (
+            piece
+            and not self.trunk.training
+            and x.device.type == "cpu"
+            and len(x) > piece
+            and not torch.compiler.is_compiling()
+        ):
             return torch.cat([self.trunk(part) for part in x.split(piece)])
         return self.trunk(x)
 
@@ -124,7 +129,7 @@ class LayerwiseNet(nn.Module):
         return LayerTrace(output=outputs[-1], preacts=list(preacts), outputs=list(outputs))
 
 
-INITS = ("default", "he", "lecun")
+INITS = names(Init)
 
 
 def initialise(layers: nn.ModuleList, nonlinear_depth: int, init: str) -> None:

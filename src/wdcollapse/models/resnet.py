@@ -1,5 +1,6 @@
 """ResNet20 (He et al. 2016, the CIFAR variant): 3 stages of 3 basic blocks, 16/32/64 channels,
 global average pooling; then ReLU fully connected layers and the linear head."""
+
 from __future__ import annotations
 
 import torch
@@ -38,9 +39,7 @@ class ResNet20Trunk(nn.Module):
 
     def __init__(self, in_channels: int = 3, blocks_per_stage: int = 3):
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         blocks, c_in = [], 16
         for stage, c_out in enumerate((16, 32, 64)):
             for b in range(blocks_per_stage):

@@ -1,4 +1,5 @@
 """Shared plotting helpers: atomic saving, mean +- std over seeds."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,12 +13,11 @@ import numpy as np  # noqa: E402
 from ..io import atomic_write  # noqa: E402
 from ..runs import Run  # noqa: E402
 
-
 # Each metric's name and definition, for axis labels (README "Metrics").
 METRIC_LABELS = {
     "nc1": r"NC1 = tr($\Sigma_W$) / tr($\Sigma_B$)",
     "nc2": r"NC2 = $s_1(\bar Z) / s_K(\bar Z)$",
-    "balancedness": "$\\|W_{l+1}^T W_{l+1} - W_l W_l^T\\|_{op}$\n/ min($\\|W_{l+1}^T W_{l+1}\\|_{op}$, $\\|W_l W_l^T\\|_{op}$)",
+    "balancedness": "$\\|W_{l+1}^T W_{l+1} - W_l W_l^T\\|_{op}$\n/ min($\\|W_{l+1}^T W_{l+1}\\|_{op}$, $\\|W_l W_l^T\\|_{op}$)",  # noqa: E501
     "negativity": r"$\|Z_l - \sigma(Z_l)\|_{op} / \|Z_l\|_{op}$ (pre-activation)",
 }
 
@@ -55,12 +55,19 @@ def usable(runs: list[Run]) -> list[Run]:
 def annotate_diverged(ax, runs: list[Run]) -> None:
     diverged = [r for r in runs if r.status == "diverged"]
     if diverged:
-        ax.text(0.01, 0.01, f"{len(diverged)} run(s) diverged", transform=ax.transAxes,
-                fontsize=7, color="crimson", va="bottom")
+        ax.text(
+            0.01,
+            0.01,
+            f"{len(diverged)} run(s) diverged",
+            transform=ax.transAxes,
+            fontsize=7,
+            color="crimson",
+            va="bottom",
+        )
 
 
 def set_y_scale(ax, values, scale: str, decades: float = 1.5) -> None:
-    """"log" (what the theory has falling exponentially; linear if nothing is positive), "linear",
+    """ "log" (what the theory has falling exponentially; linear if nothing is positive), "linear",
     or "auto": log where the values span more than `decades` decades."""
     if scale == "log" and any(v is not None and v > 0 for v in values):
         ax.set_yscale("log")

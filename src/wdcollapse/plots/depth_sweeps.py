@@ -1,15 +1,21 @@
 """The depth sweeps: NC1/NC2 at convergence against the number of linear layers (Fig. 2), and
 balancedness/negativity of the non-linear layers against non-linear depth (Fig. 3)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from ..runs import (Run, by_lr_and_nonlinear_depth, by_weight_decay_and_linear_depth, linear_depth_point,
-                    nonlinear_depth_point)
+from ..runs import (
+    Run,
+    by_lr_and_nonlinear_depth,
+    by_weight_decay_and_linear_depth,
+    linear_depth_point,
+    nonlinear_depth_point,
+)
 from .common import METRIC_LABELS, save_figure, set_y_scale
 
 

@@ -1,5 +1,6 @@
 """Theory figures: Theorem 3.1's bounds next to the measured quantities, and the two phases of
 full-batch gradient descent (theory_gd) with the theory's balancing rate."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .. import keys
 from ..io import read_json, read_jsonl
 from ..runs import Run
 from .common import save_figure, usable
@@ -17,17 +19,25 @@ def plot_theorem31(runs: list[Run], path_stem: str | Path, title: str = "") -> l
     bound. Bounds exist only where the theorem's precondition holds (eps1 small enough)."""
     runs = usable(runs)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    panels = (("theory/nc1", "theory/nc1_bound", "NC1 of Z_(L-1)"),
-              ("theory/dist", "theory/dist_bound", "||Z_(L-1) - W_L^+ Y||_F"))
+    panels = (
+        (keys.theory("nc1"), keys.theory("nc1_bound"), "NC1 of Z_(L-1)"),
+        (keys.theory("dist"), keys.theory("dist_bound"), "||Z_(L-1) - W_L^+ Y||_F"),
+    )
     colors = plt.get_cmap("tab10")
     for ax, (measured, bound, label) in zip(axes, panels):
         for i, run in enumerate(runs):
             seed = run.config.get("seed")
             epochs, values = run.series(measured)
             ax.plot(np.maximum(epochs, 0.5), values, "-", color=colors(i), lw=1.5, label=f"measured, seed {seed}")
-            rows = [r for r in run.history if r.get("theory/precondition") and r.get(bound) is not None]
-            ax.plot([max(r["epoch"], 0.5) for r in rows], [r[bound] for r in rows], "--", color=colors(i), lw=1.2,
-                    label=f"Theorem 3.1 bound, seed {seed}")
+            rows = [r for r in run.history if r.get(keys.theory("precondition")) and r.get(bound) is not None]
+            ax.plot(
+                [max(r["epoch"], 0.5) for r in rows],
+                [r[bound] for r in rows],
+                "--",
+                color=colors(i),
+                lw=1.2,
+                label=f"Theorem 3.1 bound, seed {seed}",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
@@ -60,8 +70,10 @@ def plot_two_phases(run: Run, path_stem: str | Path, title: str = "") -> list[Pa
             for ax in axes:
                 ax.axvline(start, color="gray", lw=0.8, ls="-.", label="phase 2 starts")
         if rate.get("fitted_factor"):
-            axes[1].set_title(f"balancedness error: fitted {rate['fitted_factor']:.8f}/step, "
-                              f"theory {rate['theory_factor']:.8f}/step", fontsize=9)
+            axes[1].set_title(
+                f"balancedness error: fitted {rate['fitted_factor']:.8f}/step, theory {rate['theory_factor']:.8f}/step",
+                fontsize=9,
+            )
     for ax in axes:
         ax.set_yscale("log")
         ax.set_xlabel("gradient-descent step")

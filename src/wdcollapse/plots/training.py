@@ -1,5 +1,6 @@
 """Per-layer training curves of NC1, NC2, balancedness and negativity (the paper's MLP and
 ResNet figures): mean over seeds with a band of one standard deviation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .. import keys
 from ..runs import Run, gram_keys
 from .common import METRIC_LABELS, annotate_diverged, mean_std_over_runs, save_figure, set_y_scale, usable
 
@@ -39,7 +41,7 @@ def plot_training_curves(runs: list[Run], path_stem: str | Path, first_layer: in
     for ax, (metric, panel_title, scale) in zip(axes, PANELS):
         shown = []
         for layer in range(first_layer, L + 1):
-            key = f"{metric}/layer_{layer}"
+            key = keys.layer(metric, layer)
             epochs, mean, std = mean_std_over_runs(runs, key)
             if epochs.size == 0:
                 continue
@@ -68,8 +70,11 @@ def plot_grams(run: Run, path_stem: str | Path, title: str = "") -> list[Path]:
         gram = np.array(run.grams["grams"][key])
         scaled = gram / np.abs(gram).max()
         im = ax.imshow(scaled, cmap="RdBu_r", vmin=-1, vmax=1)
-        name = (f"pre-activation of layer {key.split('_')[1]} (before the last ReLU)"
-                if key.startswith("preact") else f"output of layer {key.split('_')[1]} (linear)")
+        name = (
+            f"pre-activation of layer {key.split('_')[1]} (before the last ReLU)"
+            if key.startswith("preact")
+            else f"output of layer {key.split('_')[1]} (linear)"
+        )
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("class")
         ax.set_ylabel("class")

@@ -1,11 +1,12 @@
 """The metric pass (streaming, chunked, all layers at once) against the plain metric functions
 applied to features captured layer by layer with forward hooks: an independent route."""
+
 import pytest
 import torch
 
 from wdcollapse import metrics
+from wdcollapse.metric_pass import accuracy, metric_pass
 from wdcollapse.models import MLP
-from wdcollapse.probe import accuracy, metric_pass
 
 
 def captured_features(net, x):
@@ -24,7 +25,7 @@ def test_metric_pass_equals_functions_on_captured_features(chunk):
     torch.manual_seed(0)
     net = MLP((1, 6, 6), 5, nonlinear_depth=3, linear_depth=3, width=24).eval()
     x, y = torch.randn(400, 1, 6, 6), torch.arange(400) % 5
-    batches = [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, 400, chunk)]
+    batches = [(x[i : i + chunk], y[i : i + chunk]) for i in range(0, 400, chunk)]
     row, grams = metric_pass(net, batches, 5, loss_fn=lambda out, t: (out.argmax(1) != t).sum())
     pre, outs, out = captured_features(net, x)
     L = 6
@@ -37,7 +38,8 @@ def test_metric_pass_equals_functions_on_captured_features(chunk):
             assert f"negativity/layer_{l + 1}" not in row
         if l < L - 1:
             assert row[f"balancedness/layer_{l + 1}"] == pytest.approx(
-                metrics.balancedness(net.weights[l + 1], net.weights[l]), rel=1e-12)
+                metrics.balancedness(net.weights[l + 1], net.weights[l]), rel=1e-12
+            )
     assert "balancedness/layer_6" not in row
     assert row["nc3"] == pytest.approx(metrics.nc3(outs[L - 2], y, net.weights[-1]), rel=1e-9)
     assert row["acc"] == pytest.approx((out.argmax(1) == y).float().mean().item())
@@ -51,15 +53,21 @@ def test_metric_pass_equals_functions_on_captured_features(chunk):
 
 def test_negativity_row_follows_the_models_activation():
     torch.manual_seed(0)
-    net = MLP((1, 6, 6), 5, nonlinear_depth=2, linear_depth=2, width=24, activation="smooth_leaky_relu",
-              activation_kwargs={"gamma": 0.1, "beta": 4.0}).eval()
+    net = MLP(
+        (1, 6, 6),
+        5,
+        nonlinear_depth=2,
+        linear_depth=2,
+        width=24,
+        activation="smooth_leaky_relu",
+        activation_kwargs={"gamma": 0.1, "beta": 4.0},
+    ).eval()
     x, y = torch.randn(120, 1, 6, 6), torch.arange(120) % 5
     row, _ = metric_pass(net, [(x[:50], y[:50]), (x[50:], y[50:])], 5)
     trace = net.forward_layers(x)
     for l in range(2):
         pre = trace.preacts[l].double()
-        expected = (torch.linalg.matrix_norm(pre - net.activation(pre), 2)
-                    / torch.linalg.matrix_norm(pre, 2)).item()
+        expected = (torch.linalg.matrix_norm(pre - net.activation(pre), 2) / torch.linalg.matrix_norm(pre, 2)).item()
         assert row[f"negativity/layer_{l + 1}"] == pytest.approx(expected, rel=1e-6)
         # not ReLU's min(Z, 0), which is 40% larger here
         assert abs(row[f"negativity/layer_{l + 1}"] - metrics.negativity(trace.preacts[l])) > 0.05

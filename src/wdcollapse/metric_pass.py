@@ -1,12 +1,13 @@
 """The metric pass: one forward pass over a data set that feeds per-layer streaming
 accumulators, so every layer's metrics come out of one sweep in bounded memory."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
 import torch
 
-from . import metrics
+from . import keys, metrics
 from .models import LayerTrace, LayerwiseNet
 
 
@@ -18,10 +19,13 @@ class PassState:
         self.outs, self.negs, self.last_pre, self.observers = outs, negs, last_pre, observers
         self.loss_sum, self.correct, self.count = loss_sum, correct, count
 
-    def merge(self, other: "PassState") -> "PassState":
+    def merge(self, other: PassState) -> PassState:
         """Fold in the state of a pass over disjoint data."""
-        if len(other.outs) != len(self.outs) or set(other.negs) != set(self.negs) or \
-                len(other.observers) != len(self.observers):
+        if (
+            len(other.outs) != len(self.outs)
+            or set(other.negs) != set(self.negs)
+            or len(other.observers) != len(self.observers)
+        ):
             raise ValueError("cannot merge metric passes of different networks or observers")
         for mine, theirs in zip(self.outs, other.outs):
             mine.merge(theirs)
@@ -39,7 +43,7 @@ class PassState:
         return self
 
 
-def merge_states(states: list) -> "PassState":
+def merge_states(states: list) -> PassState:
     """Merge the processes' states in the order given (rank order): every process that merges
     the same list gets bit-identical results."""
     states = list(states)
@@ -118,8 +122,7 @@ def metric_pass(
         for l in range(L)
     ]
     nonlinear = [l for l in range(L) if not net.is_linear[l]]
-    negs = {l: metrics.NegativityAccumulator(weights[l].shape[0], exact=exact)
-            for l in nonlinear if negativity}
+    negs = {l: metrics.NegativityAccumulator(weights[l].shape[0], exact=exact) for l in nonlinear if negativity}
     # Class means of the last activated layer's pre-activation: the first Gram of the paper's
     # figure is taken before the last ReLU.
     last_pre = metrics.NCAccumulator(num_classes, exact=exact) if nonlinear else None
@@ -159,15 +162,16 @@ def metric_pass(
     w64 = [w.double() for w in weights]
     sq_ops = [metrics._sq_op_norm(w) for w in w64]  # each weight is in two pairs
     for l in range(L):
-        row[f"nc1/layer_{l + 1}"] = outs[l].nc1()
-        row[f"nc2/layer_{l + 1}"] = outs[l].nc2()
+        row[keys.layer(keys.NC1, l + 1)] = outs[l].nc1()
+        row[keys.layer(keys.NC2, l + 1)] = outs[l].nc2()
         if l in negs:
-            row[f"negativity/layer_{l + 1}"] = negs[l].value()
+            row[keys.layer(keys.NEGATIVITY, l + 1)] = negs[l].value()
         if l + 1 < L:
-            row[f"balancedness/layer_{l + 1}"] = metrics._balancedness(
-                w64[l + 1], w64[l], sq_ops[l + 1], sq_ops[l])
+            row[keys.layer(keys.BALANCEDNESS, l + 1)] = metrics._balancedness(
+                w64[l + 1], w64[l], sq_ops[l + 1], sq_ops[l]
+            )
     if penultimate >= 0:
-        row["nc3"] = outs[penultimate].nc3()
+        row[keys.NC3] = outs[penultimate].nc3()
     if loss_fn is not None:
         row["loss"] = state.loss_sum
     row["acc"] = state.correct / state.count
@@ -178,15 +182,18 @@ def metric_pass(
         means = acc.class_means()
         return (means @ means.T).tolist()
 
-    grams = {f"layer_{l + 1}": gram(outs[l]) for l in range(L)}
+    grams = {keys.gram(l + 1): gram(outs[l]) for l in range(L)}
     if last_pre is not None:
-        grams[f"preact_{nonlinear[-1] + 1}"] = gram(last_pre)
+        grams[keys.gram_preact(nonlinear[-1] + 1)] = gram(last_pre)
     return row, grams
 
 
 @torch.no_grad()
-def accuracy(net: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             reduce: Callable[[object], list] | None = None) -> float:
+def accuracy(
+    net: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    reduce: Callable[[object], list] | None = None,
+) -> float:
     """Fraction of correct predictions; `reduce` as in metric_pass (each process's share)."""
     correct = count = 0
     for x, y in batches:

@@ -1,0 +1,98 @@
+"""A saved W&B workspace (dashboard) per figure, built with wandb-workspaces: one section per
+metric family (NC1, NC2, balancedness, negativity) with its per-layer lines over epochs, one line
+per seed, for the figure's runs; the Gram images and the figure run's claims table beside them.
+
+    wdcollapse-dashboard --entity ME --project wdcollapse --preset cpu     # save, once runs are synced
+    wdcollapse-dashboard --preset cpu --describe dashboards.json          # offline: the description only
+
+Without network (or with --describe) the workspaces are not saved but described in a JSON file:
+for each figure, its sections and panels, and the view wandb-workspaces would save."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import keys
+from .figures import FIGURES
+from .io import atomic_write_text
+from .wandb_log import FIGURE_JOB_TYPE, GRAM_IMAGE
+
+# (family, panel title, log y axis): the quantities the theory has fall exponentially on log axes
+FAMILIES = [
+    (keys.NC1, "NC1 = tr(Sigma_W) / tr(Sigma_B), per layer", True),
+    (keys.NC2, "NC2 = s_1(M) / s_K(M) of the class means, per layer", False),
+    (keys.BALANCEDNESS, "balancedness of pair (l, l+1)", True),
+    (keys.NEGATIVITY, "negativity of the ReLU layers", False),
+]
+
+
+def panels(figure: str) -> list[dict]:
+    """The workspace's sections for one figure, as plain data (what the description file holds)."""
+    sections = [{"section": family, "panels": [{
+        "kind": "line", "title": title, "x": keys.EPOCH, "metric_regex": rf"^{family}/layer_\d+$",
+        "log_y": log_y, "groupby": "seed"}]} for family, title, log_y in FAMILIES]
+    sections.append({"section": "Gram matrices and claims", "panels": [
+        {"kind": "media", "title": "class-mean Gram matrices of the linear head", "key": GRAM_IMAGE},
+        {"kind": "table", "title": "claims (figure run)", "key": "claims", "job_type": FIGURE_JOB_TYPE}]})
+    return sections
+
+
+def workspace(figure: str, preset: str, entity: str, project: str):
+    """The wandb_workspaces.Workspace of one figure's runs (group `<figure>-<preset>`)."""
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+
+    sections = []
+    for section in panels(figure):
+        built = []
+        for p in section["panels"]:
+            if p["kind"] == "line":
+                built.append(wr.LinePlot(title=p["title"], x=p["x"], metric_regex=p["metric_regex"],
+                                         log_y=p["log_y"], groupby=wr.Config(p["groupby"])))
+            elif p["kind"] == "media":
+                built.append(wr.MediaBrowser(title=p["title"], media_keys=[p["key"]]))
+        sections.append(ws.Section(name=section["section"], panels=built, is_open=True))
+    return ws.Workspace(entity=entity, project=project, name=f"wdcollapse {figure} ({preset})", sections=sections,
+                        runset_settings=ws.RunsetSettings(query=f"{figure}-{preset}"))
+
+
+def describe(figures: list[str], preset: str, entity: str, project: str) -> dict:
+    out = {"preset": preset, "entity": entity, "project": project, "figures": {}}
+    for name in figures:
+        view = workspace(name, preset, entity, project)._to_model().model_dump(mode="json")
+        out["figures"][name] = {"group": f"{name}-{preset}", "sections": panels(name), "view": view}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entity", default="offline", help="W&B entity (user or team)")
+    parser.add_argument("--project", default="wdcollapse")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--figures", nargs="*", default=sorted(FIGURES), help="default: every figure")
+    parser.add_argument("--describe", default=None, help="write the description here instead of saving")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.figures) - set(FIGURES))
+    if unknown:
+        print(f"error: unknown figure(s) {unknown}; choose from {sorted(FIGURES)}", file=sys.stderr)
+        return 2
+    description = describe(args.figures, args.preset, args.entity, args.project)
+    if args.describe is None:
+        try:
+            for name in args.figures:
+                saved = workspace(name, args.preset, args.entity, args.project).save()
+                print(f"{name}: {saved.url}")
+            return 0
+        except Exception as e:  # no network, no API key, no such entity: describe instead
+            args.describe = "dashboards.json"
+            print(f"could not save the workspaces ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                  f"writing their description to {args.describe}", file=sys.stderr)
+    atomic_write_text(Path(args.describe), json.dumps(description, indent=1))
+    print(f"described {len(args.figures)} workspaces in {args.describe}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""A run directory's life cycle: create it, resume it, refuse to mix runs, record its status.
+
+A run directory holds config.yaml (the resolved config), metrics.jsonl (one row per evaluated
+epoch), grams.json, summary.json (status: running | finished | diverged | failed, the final row,
+wall and metric-pass seconds, the W&B id), error.txt for a failed run and checkpoints/last.ckpt.
+Only the launching process of rank 0 writes these files (Lightning's DDP launcher starts the
+other ranks by re-running the command line into the same directory)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from .errors import ConfigError
+from .io import (
+    atomic_write_json,
+    atomic_write_text,
+    keep_jsonl_rows,
+    read_json,
+    read_jsonl,
+)
+
+log = logging.getLogger("wdcollapse")
+TERMINAL = ("finished", "diverged")
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """Where a run directory keeps its latest checkpoint (callbacks.AtomicCheckpoint writes it)."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
+def completed_epochs(ckpt: Path) -> int:
+    """Epochs finished when `ckpt` was written (it is saved at the end of an epoch)."""
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1
+    except Exception as e:  # truncated, not a checkpoint, another format: torch raises many kinds
+        raise ConfigError(
+            f"{ckpt} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "metrics.jsonl is kept as it is. Restore the file, or pass resume=never to start the run over"
+        ) from None
+
+
+def record_failure(out_dir: Path, error: BaseException) -> None:
+    """summary.json status `failed` with the error, and its traceback in error.txt (rank 0)."""
+    write_summary(out_dir, status="failed", error=f"{type(error).__name__}: {error}")
+    if launched_rank() == 0:
+        atomic_write_text(out_dir / "error.txt", "".join(traceback.format_exception(error)))
+
+
+def write_summary(out_dir: Path, **fields) -> dict:
+    """Merge `fields` into summary.json (rank 0 only: other DDP ranks just get `fields` back)."""
+    if launched_rank() != 0:
+        return fields
+    summary = read_json(out_dir / "summary.json", default={}) | fields
+    summary["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def launched_rank() -> int:
+    """This process's global rank as its launcher set it (Lightning's DDP launcher starts
+    ranks > 0 by re-running the command line with LOCAL_RANK/NODE_RANK set; torchrun and SLURM
+    set RANK/SLURM_PROCID); 0 in a single-process run. Known before the Trainer exists, so
+    that only rank 0 touches the run directory's files."""
+    return int(rank_zero_only.rank or 0)
+
+
+def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """The checkpoint this run continues from: checkpoints/last.ckpt unless resume=never."""
+    ckpt = last_checkpoint(out_dir)
+    return ckpt if cfg.resume != "never" and ckpt.exists() else None
+
+
+def prepare_run_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """Make `out_dir` ready for this run; returns the checkpoint to resume from, if any."""
+    ckpt = resume_checkpoint(cfg, out_dir)
+    metrics_path = out_dir / "metrics.jsonl"
+    if ckpt is None:
+        # What a run killed before its first checkpoint (or an older run) left cannot be continued.
+        for stale in (
+            metrics_path,
+            last_checkpoint(out_dir),
+            out_dir / "summary.json",
+            out_dir / "error.txt",
+            out_dir / "grams.json",
+        ):
+            stale.unlink(missing_ok=True)
+        return None
+    done = completed_epochs(ckpt)
+    # A kill between a metrics line and the checkpoint leaves rows the resumed run redoes.
+    keep_jsonl_rows(metrics_path, lambda row: row["epoch"] <= done)
+    log.info("resuming %s from epoch %d", out_dir, done)
+    return ckpt
+
+
+@dataclass
+class Segment:
+    """One process's stretch of work in a run directory: from `start` (a fresh run, or the
+    continuation of a killed one) to `finish`. `done` is the summary of a run that is finished
+    already (then there is nothing to do)."""
+
+    out_dir: Path
+    ckpt: Path | None = None
+    resumed: dict = field(default_factory=dict)
+    wandb_id: str | None = None
+    wandb_record: dict = field(default_factory=dict)
+    done: dict | None = None
+    started: float = field(default_factory=time.time)
+
+    def running(self, **fields) -> dict:
+        """summary.json status `running`; a resumed run keeps its start time."""
+        return write_summary(
+            self.out_dir,
+            status="running",
+            **fields,
+            **self.wandb_record,
+            started=self.resumed.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+
+    def finish(self, status: str, metric_seconds: float | None, **extra) -> dict:
+        """summary.json with the final status and row; seconds add up over resumed segments."""
+        rows = read_jsonl(self.out_dir / "metrics.jsonl")
+        wall = (self.resumed.get("wall_seconds") or 0.0) + time.time() - self.started
+        metric = None if metric_seconds is None else (self.resumed.get("metric_seconds") or 0.0) + metric_seconds
+        return write_summary(
+            self.out_dir,
+            status=status,
+            epochs=rows[-1]["epoch"] if rows else 0,
+            final=rows[-1] if rows else {},
+            wall_seconds=round(wall, 2),
+            metric_seconds=None if metric is None else round(metric, 2),
+            **extra,
+        )
+
+
+def start(cfg: DictConfig, out_dir: str | Path) -> Segment:
+    """Make `out_dir` ready for `cfg`'s run: skip it when finished (resume=auto), continue it from
+    its checkpoint, or start it over; refuse a directory that holds a run with other settings."""
+    out_dir = check_writable(out_dir)
+    # Under DDP, ranks > 0 are started by rank 0 inside trainer.fit, with the same command line
+    # and run directory: only rank 0 prepares the directory and writes config, summary and
+    # error files (the metric callback and the checkpoint also write on rank 0 only).
+    main_rank = launched_rank() == 0
+    previous = read_json(out_dir / "summary.json") or {}
+    finished = previous.get("status") in TERMINAL
+    if main_rank and cfg.resume == "auto" and (finished or resume_checkpoint(cfg, out_dir)):
+        check_same_run(cfg, out_dir / "config.yaml")
+    if main_rank and finished and cfg.resume == "auto":
+        log.info("%s already %s; skipping", out_dir, previous["status"])
+        return Segment(out_dir, done=previous)
+    if main_rank:
+        try:
+            ckpt = prepare_run_dir(cfg, out_dir)
+        except ConfigError as e:  # an unreadable checkpoint: the run is stuck until someone acts
+            record_failure(out_dir, e)
+            raise
+        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    else:  # rank 0 has prepared the directory already; resume from the same checkpoint
+        ckpt = resume_checkpoint(cfg, out_dir)
+    resumed = previous if ckpt else {}  # a resumed run keeps its start time and adds to its seconds
+    # ... and its W&B run when online (ranks > 0 take the id rank 0 wrote before starting them)
+    wandb_id = (resumed if main_rank else previous).get("wandb_id") or secrets.token_hex(8)
+    loggers = list((cfg.logger or {}).values())
+    if not any(logger_kwargs(c, wandb_id) for c in loggers):
+        wandb_id = None  # W&B picks its own id (offline, or the config's), or there is no W&B
+    # Recorded when W&B logs this segment (null when under an id of its own); kept with no W&B.
+    wandb_record = {"wandb_id": wandb_id} if any(is_wandb(c) for c in loggers) else {}
+    return Segment(out_dir, ckpt=ckpt, resumed=resumed, wandb_id=wandb_id, wandb_record=wandb_record)
+
+
+def is_wandb(logger_cfg: DictConfig) -> bool:
+    return str(logger_cfg.get("_target_", "")).endswith("WandbLogger")
+
+
+def logger_kwargs(logger_cfg: DictConfig, wandb_id: str | None) -> dict:
+    """W&B's run id for an online WandbLogger without one: the run directory's, so that a
+    resumed run continues its W&B run. Not offline: W&B cannot resume offline runs, and
+    `wandb sync` of two offline runs with one id keeps only one of them."""
+    modes = {str(m).lower() for m in (logger_cfg.get("mode"), os.environ.get("WANDB_MODE"))}
+    offline = bool(logger_cfg.get("offline", False)) or bool(modes & {"offline", "dryrun"})
+    chosen = logger_cfg.get("id") is not None or logger_cfg.get("version") is not None
+    return {"id": wandb_id} if is_wandb(logger_cfg) and wandb_id and not chosen and not offline else {}
+
+
+def check_writable(directory: str | Path) -> Path:
+    """Create `directory` if needed and prove a file can be written there."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"output directory {str(directory)!r} cannot be written ({e.strerror}); "
+            "choose another with hydra.run.dir=... (or hydra.sweep.dir=... for -m)"
+        ) from None
+    return directory
+
+
+def nearest_existing_parent(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_override(argv: list[str]) -> None:
+    """Hydra creates its output directory before our code runs; check a `hydra.run.dir=` or
+    `hydra.sweep.dir=` override (also with + or ++) up front by creating it and a file in it,
+    so an unwritable one gets a message, not a traceback. (Permission bits alone do not tell:
+    root may "write" to /proc.)"""
+    for arg in argv:
+        for key in ("hydra.run.dir=", "hydra.sweep.dir="):
+            if arg.lstrip("+").startswith(key):
+                target = Path(arg.lstrip("+")[len(key) :])
+                try:
+                    check_writable(target)
+                except ConfigError:
+                    raise ConfigError(
+                        f"{key}{target} cannot be created or written (nearest existing folder: "
+                        f"{nearest_existing_parent(target)}); choose another output directory"
+                    ) from None
+
+
+# Settings a resumed run may change: where things are, how fast, how it is logged; not what is
+# trained or measured. (callbacks.metrics.exact changes the metrics' rounding only, ~1e-7.)
+RESUMABLE_CHANGES = (
+    "resume",
+    "threads",
+    "compile",
+    "channels_last",
+    "steps_per_call",
+    "logger",
+    "paths",
+    "data.root",
+    "data.download",
+    "data.image_folder",
+    "data.eval_chunk",
+    "trainer.accelerator",
+    "trainer.log_every_n_steps",
+    "callbacks.metrics.exact",
+)
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        flat = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """'key: saved -> current' for every setting both configs hold that differs, apart from
+    RESUMABLE_CHANGES (settings added to the package since `saved` was written are not compared)."""
+    old, new = _flatten(saved), _flatten(current)
+    free = lambda key: any(key == p or key.startswith(p + ".") for p in RESUMABLE_CHANGES)  # noqa: E731
+    return [
+        f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old.keys() & new.keys()) if old[k] != new[k] and not free(k)
+    ]
+
+
+def check_same_run(cfg: DictConfig, saved_config: Path) -> None:
+    """Refuse to continue (or skip as done) the run saved in `saved_config`'s directory with
+    other settings: its checkpoint and metrics would be mixed with, or taken for, this run's."""
+    if not saved_config.is_file():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_config), resolve=False)
+    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
+    if changes:
+        shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+        raise ConfigError(
+            f"{saved_config.parent} holds a run with other settings ({shown}): rerun it with its own settings, "
+            "choose another hydra.run.dir, or pass resume=never to start it over with these"
+        )
+
+
+class SweepSummary(Callback):
+    """After a multirun, one line with how its jobs ended (a failed job does not change the
+    exit code: the other jobs' results stand), e.g. `4 jobs: 2 finished, 1 diverged, 1 failed`."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = [job for job in sorted(sweep_dir.iterdir()) if job.is_dir()] if sweep_dir.is_dir() else []
+        statuses = Counter(read_json(job / "summary.json", default={}).get("status", "no summary") for job in jobs)
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        hint = " (see their summary.json and error.txt)" if statuses["failed"] else ""
+        print(f"sweep {sweep_dir}: {sum(statuses.values())} jobs: {counts or 'none ran'}{hint}", file=sys.stderr)

@@ -1,0 +1,248 @@
+"""Every setting of `wdcollapse-train` as one typed schema (pydantic): its type, its range and its
+default. `validate(cfg)` checks a composed config against it before any work and raises a
+ConfigError naming the setting, the value and what is allowed; the YAML files under conf/ hold the
+same defaults (tests/test_schema.py holds them equal) and the code's defaults are read from here.
+
+Allowed names (optimizers, losses, activations, ...) are defined here once; the implementations
+look them up in their registries, and tests/test_schema.py holds the two equal."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any, Literal, get_args
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+DataName = Literal["mnist", "fashion_mnist", "cifar10"]
+OptimizerName = Literal["sgd", "gd", "adam", "adamw"]
+LossName = Literal["mse", "cross_entropy"]
+MseReduction = Literal["half_mean", "half_sum", "mean"]
+Activation = Literal["relu", "leaky_relu", "smooth_leaky_relu"]
+Init = Literal["default", "he", "lecun"]
+Schedule = Literal["every", "log"]
+Resume = Literal["auto", "never"]
+# pytorch_lightning.Trainer(precision=...): its documented values and aliases
+Precision = Literal[
+    "transformer-engine",
+    "transformer-engine-float16",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+    "64",
+    "32",
+    "16",
+    "bf16",
+    64,
+    32,
+    16,
+]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what torch and numpy accept as a seed
+
+
+def names(literal) -> tuple:
+    """The allowed values of one of the Literal types above, e.g. names(OptimizerName)."""
+    return get_args(literal)
+
+
+class Section(BaseModel):
+    """A config group: unknown keys are errors (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=False)
+
+
+class Data(Section):
+    target: str = Field(alias="_target_")
+    name: DataName
+    root: str
+    num_per_class: PositiveInt | None = None  # class-balanced training subset (null = all)
+    test_num_per_class: PositiveInt | None = None
+    batch_size: PositiveInt | None = 128  # null = full batch
+    normalize: bool = True
+    download: bool = False
+    image_folder: str | None = None
+    subset_seed: Seed
+    shuffle_seed: Seed
+    eval_chunk: PositiveInt = 4096  # samples per forward pass of the metric pass
+    num_classes: Annotated[int, Field(ge=2)]
+    in_shape: Annotated[list[PositiveInt], Field(min_length=1, max_length=3)]
+
+
+class Model(Section):
+    """LayerwiseNet's settings; a model of the user's own may add keys (extra allowed)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    target: str = Field(alias="_target_")
+    in_shape: list[PositiveInt]
+    num_classes: Annotated[int, Field(ge=2)]
+    nonlinear_depth: Annotated[int, Field(ge=0)] = 6
+    linear_depth: PositiveInt = 3
+    width: PositiveInt | list[PositiveInt] = 256
+    activation: Activation = "relu"
+    activation_kwargs: dict[str, float] = Field(default_factory=dict)
+    bias: bool = False
+    init: Init = "he"
+
+
+class Optim(Section):
+    name: OptimizerName = "sgd"
+    lr: Annotated[float, Field(gt=0)] = 0.01
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # heavy ball diverges at momentum >= 1
+    nesterov: bool = False
+    weight_decay: Annotated[float, Field(ge=0)] = 1.8e-3
+    warmup_epochs: Annotated[float, Field(ge=0)] = 10
+    lr_drop_at: Annotated[float, Field(gt=0, le=1)] | None = None
+    lr_drop_factor: Annotated[float, Field(gt=0)] = 0.1
+
+
+class Loss(Section):
+    name: LossName = "mse"
+    mse_reduction: MseReduction = "half_mean"
+
+
+class Trainer(BaseModel):
+    """pytorch_lightning.Trainer's arguments: these are checked by type and range, any other key
+    must be one of Trainer's own arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    max_epochs: PositiveInt = 300
+    accelerator: str = "auto"
+    devices: PositiveInt | Literal["auto"] | list[Annotated[int, Field(ge=0)]] | str = 1
+    strategy: str = "auto"
+    precision: Precision = "32-true"
+    sync_batchnorm: bool = False
+    deterministic: bool | Literal["warn"] = False
+    log_every_n_steps: PositiveInt = 50
+
+    @field_validator("accelerator")
+    @classmethod
+    def _accelerator(cls, value: str) -> str:
+        allowed = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
+        if value not in allowed:
+            raise ValueError(f"one of {list(allowed)}")
+        return value
+
+
+class Metrics(Section):
+    target: str = Field(alias="_target_", default="wdcollapse.callbacks.MetricMonitor")
+    schedule: Schedule = "log"  # log: num_points log-spaced epochs; every: every every_n epochs
+    every_n: PositiveInt = 1
+    num_points: PositiveInt = 25
+    exact: bool = False  # float32 per chunk, float64 accumulation; true: float64 throughout
+    test_acc: bool = True
+    theory: Literal["auto"] | bool = "auto"
+
+
+class TheoryGD(Section):
+    target: str = Field(alias="_target_")
+    check_assumptions: bool = True
+    flush_every_n_epochs: PositiveInt = 1
+    settle: Annotated[float, Field(gt=0, lt=1)] = 0.01
+    floor: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    tolerance: Annotated[float, Field(gt=0)] = 0.2
+    min_points: Annotated[int, Field(ge=2)] = 20
+
+
+class Callbacks(Section):
+    metrics: Metrics = Field(default_factory=Metrics)
+    theory_gd: TheoryGD | None = None
+    checkpoint_every_n_epochs: PositiveInt = 1
+
+
+class Paths(Section):
+    data_dir: str
+
+
+class Settings(Section):
+    """The root config of wdcollapse-train (conf/train.yaml)."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[^/\\]+$")] = "default"
+    seed: Seed = 0
+    threads: PositiveInt = 1
+    compile: bool = False
+    channels_last: bool = False
+    steps_per_call: PositiveInt = 16
+    resume: Resume = "auto"
+    loss: Loss = Field(default_factory=Loss)
+    paths: Paths
+    data: Data
+    model: Model
+    optim: Optim = Field(default_factory=Optim)
+    trainer: Trainer = Field(default_factory=Trainer)
+    callbacks: Callbacks = Field(default_factory=Callbacks)
+    logger: dict[str, dict[str, Any]] | None = None
+
+
+def trainer_arguments() -> set[str]:
+    import pytorch_lightning as pl
+
+    return set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+
+
+_TYPE_PARTS = {"int", "float", "str", "bool", "list", "dict", "none", "Metrics", "TheoryGD"}
+
+
+def _setting(loc: tuple) -> str:
+    """A pydantic error location as the setting's dotted name; the members of a union it tried
+    (`constrained-int`, `literal['auto']`, ...) are left out, list indices kept: data.in_shape[0]."""
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif part.isidentifier() and part not in _TYPE_PARTS:
+            name += f".{part}" if name else part
+    return name
+
+
+def _allowed(error: dict) -> str:
+    """pydantic's message as what is allowed, e.g. 'an integer >= 1'."""
+    kind, ctx = error["type"], error.get("ctx", {})
+    bounds = {
+        "greater_than_equal": ">= {ge}",
+        "greater_than": "> {gt}",
+        "less_than": "< {lt}",
+        "less_than_equal": "<= {le}",
+    }
+    if kind in bounds:
+        return "a number " + bounds[kind].format(**ctx)
+    if kind == "literal_error":
+        return f"one of {ctx.get('expected', '')}"
+    if kind == "extra_forbidden":
+        return "no such setting (check the spelling; a model of your own may add keys under model.)"
+    if kind == "missing":
+        return "a value (this setting is required)"
+    return error["msg"][0].lower() + error["msg"][1:]
+
+
+def validate(cfg: DictConfig) -> Settings:
+    """The resolved `cfg` (its hydra node left out) as Settings; a ConfigError for the first bad
+    setting: `optim.momentum=1.5 is not allowed: a number < 1`."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "a setting"
+        raise ConfigError(f"{key} cannot be resolved: {str(e).splitlines()[0]}") from None
+    container.pop("hydra", None)
+    try:
+        settings = Settings.model_validate(container)
+    except ValidationError as e:
+        errors = e.errors()
+        # Of several errors for one setting (one per member of a union), the first names it best.
+        error = errors[0]
+        setting = _setting(error["loc"])
+        value = error.get("input")
+        reasons = [_allowed(err) for err in errors if _setting(err["loc"]) == setting]
+        shown = "; or ".join(dict.fromkeys(reasons))
+        raise ConfigError(f"{setting}={value!r} is not allowed: {shown}") from None
+    unknown = sorted(set(settings.trainer.model_extra or {}) - trainer_arguments())
+    if unknown:
+        raise ConfigError(f"trainer.{unknown[0]} is not allowed: not an argument of pytorch_lightning.Trainer")
+    return settings
