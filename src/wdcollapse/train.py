@@ -54,7 +54,8 @@ def build_trainer(cfg: DictConfig, out_dir: Path, wandb_id: str | None = None) -
     callbacks = [DivergenceGuard(), monitor, checkpoint]
     if cfg.callbacks.get("theory_gd") is not None:  # experiment=theory_gd: Theorem 4.4's setting
         callbacks.insert(2, instantiate(cfg.callbacks.theory_gd, out_dir=str(out_dir)))
-    loggers = [instantiate(c, _convert_="all", **logger_kwargs(c, wandb_id)) for c in cfg.logger.values()] if cfg.logger else []
+    # _convert_="all": W&B's init takes plain dicts and lists (its tags, its config), not DictConfig
+    loggers = [instantiate(c, _convert_="all", **logger_kwargs(c, wandb_id)) for c in (cfg.logger or {}).values()]
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer = pl.Trainer(

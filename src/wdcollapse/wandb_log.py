@@ -96,7 +96,7 @@ def log_figure_runs(out: Path, preset: str, figures, decided: list[dict], report
             continue
         run = wandb.init(project=project, group=f"{spec.name}-{preset}", job_type=FIGURE_JOB_TYPE,
                          name=f"{spec.name}-{preset}-figure", dir=str(out), mode=mode, reinit="create_new",
-                         tags=[f"figure:{spec.name}", f"preset:{preset}", "figure-run"],
+                         tags=[f"figure={spec.name}", f"preset={preset}", "job=figure"],
                          config={"figure": spec.name, "preset": preset, "title": spec.title,
                                  "paper_figure": spec.paper_figure, "claims": list(spec.claims)})
         table = wandb.Table(columns=columns, data=[
