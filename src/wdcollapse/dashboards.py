@@ -7,6 +7,7 @@ per seed, for the figure's runs; the Gram images and the figure run's claims tab
 
 Without network (or with --describe) the workspaces are not saved but described in a JSON file:
 for each figure, its sections and panels, and the view wandb-workspaces would save."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,31 @@ FAMILIES = [
 
 def panels(figure: str) -> list[dict]:
     """The workspace's sections for one figure, as plain data (what the description file holds)."""
-    sections = [{"section": family, "panels": [{
-        "kind": "line", "title": title, "x": keys.EPOCH, "metric_regex": rf"^{family}/layer_\d+$",
-        "log_y": log_y, "groupby": "seed"}]} for family, title, log_y in FAMILIES]
-    sections.append({"section": "Gram matrices and claims", "panels": [
-        {"kind": "media", "title": "class-mean Gram matrices of the linear head", "key": GRAM_IMAGE},
-        {"kind": "table", "title": "claims (figure run)", "key": "claims", "job_type": FIGURE_JOB_TYPE}]})
+    sections = [
+        {
+            "section": family,
+            "panels": [
+                {
+                    "kind": "line",
+                    "title": title,
+                    "x": keys.EPOCH,
+                    "metric_regex": rf"^{family}/layer_\d+$",
+                    "log_y": log_y,
+                    "groupby": "seed",
+                }
+            ],
+        }
+        for family, title, log_y in FAMILIES
+    ]
+    sections.append(
+        {
+            "section": "Gram matrices and claims",
+            "panels": [
+                {"kind": "media", "title": "class-mean Gram matrices of the linear head", "key": GRAM_IMAGE},
+                {"kind": "table", "title": "claims (figure run)", "key": "claims", "job_type": FIGURE_JOB_TYPE},
+            ],
+        }
+    )
     return sections
 
 
@@ -49,13 +69,25 @@ def workspace(figure: str, preset: str, entity: str, project: str):
         built = []
         for p in section["panels"]:
             if p["kind"] == "line":
-                built.append(wr.LinePlot(title=p["title"], x=p["x"], metric_regex=p["metric_regex"],
-                                         log_y=p["log_y"], groupby=wr.Config(p["groupby"])))
+                built.append(
+                    wr.LinePlot(
+                        title=p["title"],
+                        x=p["x"],
+                        metric_regex=p["metric_regex"],
+                        log_y=p["log_y"],
+                        groupby=wr.Config(p["groupby"]),
+                    )
+                )
             elif p["kind"] == "media":
                 built.append(wr.MediaBrowser(title=p["title"], media_keys=[p["key"]]))
         sections.append(ws.Section(name=section["section"], panels=built, is_open=True))
-    return ws.Workspace(entity=entity, project=project, name=f"wdcollapse {figure} ({preset})", sections=sections,
-                        runset_settings=ws.RunsetSettings(query=f"{figure}-{preset}"))
+    return ws.Workspace(
+        entity=entity,
+        project=project,
+        name=f"wdcollapse {figure} ({preset})",
+        sections=sections,
+        runset_settings=ws.RunsetSettings(query=f"{figure}-{preset}"),
+    )
 
 
 def describe(figures: list[str], preset: str, entity: str, project: str) -> dict:
@@ -87,8 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         except Exception as e:  # no network, no API key, no such entity: describe instead
             args.describe = "dashboards.json"
-            print(f"could not save the workspaces ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                  f"writing their description to {args.describe}", file=sys.stderr)
+            print(
+                f"could not save the workspaces ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"writing their description to {args.describe}",
+                file=sys.stderr,
+            )
     atomic_write_text(Path(args.describe), json.dumps(description, indent=1))
     print(f"described {len(args.figures)} workspaces in {args.describe}")
     return 0

@@ -112,8 +112,7 @@ def wandb_overrides(figure: Figure, preset: str) -> list[str]:
     (`seed=0`), so that grouping and filters in W&B rebuild a figure's lines and bands."""
     tags = [f"figure={figure.name}", f"preset={preset}", *(f"{k}=${{{k}}}" for k in figure.sweep)]
     quoted = ",".join(f"'{t}'" for t in tags)
-    return [f"+logger.wandb.tags=[{quoted}]",
-            f"+logger.wandb.config={{figure:{figure.name},preset:{preset}}}"]
+    return [f"+logger.wandb.tags=[{quoted}]", f"+logger.wandb.config={{figure:{figure.name},preset:{preset}}}"]
 
 
 def multirun_command(figure: Figure, preset: str, sweep_dir: Path, jobs: int, extra: list[str]) -> list[str]:

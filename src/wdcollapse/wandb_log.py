@@ -4,6 +4,7 @@ with the figure's images, its claim verdicts as a table and REPORT.md as an arti
 
 Offline by default: everything is written under the run or reproduction directory and reaches
 W&B unchanged with `wandb sync`."""
+
 from __future__ import annotations
 
 import io as _io
@@ -80,8 +81,15 @@ class RunLog:
         run.log({**record, **images})
 
 
-def log_figure_runs(out: Path, preset: str, figures, decided: list[dict], report_md: Path,
-                    project: str = "wdcollapse", mode: str = "offline") -> list[Path]:
+def log_figure_runs(
+    out: Path,
+    preset: str,
+    figures,
+    decided: list[dict],
+    report_md: Path,
+    project: str = "wdcollapse",
+    mode: str = "offline",
+) -> list[Path]:
     """One W&B run per figure, in the figure's group, of job type `figure`: the figure's PNGs,
     its claims as a table (figure, claim, passed, deciding numbers, rule) and REPORT.md as an
     artifact. Returns the runs' directories."""
@@ -94,14 +102,36 @@ def log_figure_runs(out: Path, preset: str, figures, decided: list[dict], report
         rows = [d for d in decided if d.get("figure") == spec.name]
         if not pngs and not rows:
             continue
-        run = wandb.init(project=project, group=f"{spec.name}-{preset}", job_type=FIGURE_JOB_TYPE,
-                         name=f"{spec.name}-{preset}-figure", dir=str(out), mode=mode, reinit="create_new",
-                         tags=[f"figure={spec.name}", f"preset={preset}", "job=figure"],
-                         config={"figure": spec.name, "preset": preset, "title": spec.title,
-                                 "paper_figure": spec.paper_figure, "claims": list(spec.claims)})
-        table = wandb.Table(columns=columns, data=[
-            [spec.name, d["claim"], "n/a" if d["passed"] is None else ("PASS" if d["passed"] else "FAIL"),
-             d.get("deciding", ""), d.get("rule", "")] for d in rows])
+        run = wandb.init(
+            project=project,
+            group=f"{spec.name}-{preset}",
+            job_type=FIGURE_JOB_TYPE,
+            name=f"{spec.name}-{preset}-figure",
+            dir=str(out),
+            mode=mode,
+            reinit="create_new",
+            tags=[f"figure={spec.name}", f"preset={preset}", "job=figure"],
+            config={
+                "figure": spec.name,
+                "preset": preset,
+                "title": spec.title,
+                "paper_figure": spec.paper_figure,
+                "claims": list(spec.claims),
+            },
+        )
+        table = wandb.Table(
+            columns=columns,
+            data=[
+                [
+                    spec.name,
+                    d["claim"],
+                    "n/a" if d["passed"] is None else ("PASS" if d["passed"] else "FAIL"),
+                    d.get("deciding", ""),
+                    d.get("rule", ""),
+                ]
+                for d in rows
+            ],
+        )
         run.log({"claims": table, **{f"figure/{p.stem}": wandb.Image(str(p)) for p in pngs}})
         for d in rows:
             run.summary[f"claim{d['claim']}/passed"] = d["passed"]
