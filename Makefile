@@ -32,9 +32,9 @@ fashion-mnist: install
 	test -d /usr/share/datasets/fashion-mnist || $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y dataset-fashion-mnist
 	$(PY) -m wdcollapse.data.prepare fashion_mnist --root $(DATA_DIR)
 
-# CIFAR-10 as JPEG class folders from a tarball: make cifar10 CIFAR_TARBALL=../shared/data/cifar10-jpg.tar.gz
-CIFAR_TARBALL ?= ../shared/data/cifar10-jpg.tar.gz
+# CIFAR-10 as JPEG class folders from a tarball: make cifar10 CIFAR_TARBALL=PATH/cifar10-jpg.tar.gz
 cifar10: install
+	@test -n "$(CIFAR_TARBALL)" || { echo "error: name the tarball: make cifar10 CIFAR_TARBALL=PATH/cifar10-jpg.tar.gz" >&2; exit 2; }
 	$(PY) -m wdcollapse.data.prepare cifar10_folder --root $(DATA_DIR)/cifar10-jpg --tarball $(CIFAR_TARBALL)
 
 # ruff (configured in pyproject.toml): lint and formatting, checked, not applied

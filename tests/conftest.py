@@ -77,3 +77,19 @@ def wandb_records(path) -> list[dict]:
         check=True,
     )
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def cpu_trainer(root, **kwargs):
+    """A quiet pytorch_lightning.Trainer on the CPU (no logger, progress bar, summary or
+    checkpointing unless `kwargs` say otherwise), writing under `root`."""
+    import pytorch_lightning as pl
+
+    quiet = {
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "accelerator": "cpu",
+        "default_root_dir": root,
+    }
+    return pl.Trainer(**{**quiet, **kwargs})

@@ -5,8 +5,8 @@ import csv
 import json
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import cpu_trainer
 from pytorch_lightning.loggers import CSVLogger
 
 from wdcollapse.callbacks import AtomicCheckpoint, DivergenceGuard, MetricMonitor, evaluation_epochs
@@ -31,14 +31,12 @@ def fit(tmp_path, optim, epochs=3, schedule="every", logger=False, **monitor):
     dm = synthetic_data(batch_size=None if optim["name"] == "gd" else 16)
     module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12), optim=optim)
     monitor = MetricMonitor(tmp_path, schedule=schedule, **monitor)
-    trainer = pl.Trainer(
+    trainer = cpu_trainer(
+        tmp_path,
         max_epochs=epochs,
         logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,
         callbacks=[monitor, DivergenceGuard(), AtomicCheckpoint(tmp_path / "ckpt")],
-        default_root_dir=tmp_path,
-        accelerator="cpu",
     )
     initial = [p.detach().clone() for p in module.parameters()]
     trainer.fit(module, datamodule=dm)

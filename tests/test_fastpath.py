@@ -5,8 +5,8 @@ options of CollapseModule (on the CPU: they construct and train a step)."""
 import math
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import cpu_trainer
 
 from wdcollapse import metrics
 from wdcollapse.data.tensors import TensorDataModule
@@ -105,15 +105,7 @@ def test_data_reaches_the_training_device_before_the_train_loader_is_built(tmp_p
     # moving the data any later would leave the loader with the CPU tensors.
     data = SyntheticData(batch_size=16)
     module = CollapseModule(MLP((1, 28, 28), 10, 1, 2, width=8), optim={"name": "sgd", "lr": 0.01})
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(tmp_path, max_epochs=1)
     trainer.fit(module, datamodule=data)
     assert data.events[0] == ("to", "cpu")
     assert data.events.index(("train_dataloader", "cpu")) > 0

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import cpu_trainer
 
 from wdcollapse.module import classification_loss, lr_factor
 
@@ -61,14 +62,10 @@ def _train(steps_per_call, lr=0.05, epochs=2, callbacks=(), tmp_path=None):
         optim={"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-3, "warmup_epochs": 1},
     )
     initial = {k: v.clone() for k, v in module.model.state_dict().items()}
-    trainer = pl.Trainer(
+    trainer = cpu_trainer(
+        tmp_path,
         max_epochs=epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks),
-        accelerator="cpu",
-        default_root_dir=tmp_path,
         callbacks=[DivergenceGuard(), *callbacks],
     )
     trainer.fit(module, datamodule=dm)
@@ -122,21 +119,12 @@ def test_divergence_stops_at_the_end_of_the_epoch_before_the_metric_pass(tmp_pat
 
 def test_resumed_grouped_run_equals_an_uninterrupted_one(tmp_path):
     # Warm-up and momentum make the scheduler's and optimizer's states matter across the resume.
-    import pytorch_lightning as pl
 
     from wdcollapse.callbacks import AtomicCheckpoint
 
     straight, _, _, _ = _train(3, epochs=4, tmp_path=tmp_path / "a")
     first, _, dm, _ = _train(3, epochs=2, callbacks=[AtomicCheckpoint(tmp_path / "ckpt")], tmp_path=tmp_path / "b")
-    trainer2 = pl.Trainer(
-        max_epochs=4,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path / "d",
-    )
+    trainer2 = cpu_trainer(tmp_path / "d", max_epochs=4)
     trainer2.fit(first, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert trainer2.global_step == 32
     for (name, a), b in zip(straight.model.state_dict().items(), first.model.state_dict().values()):
@@ -144,7 +132,6 @@ def test_resumed_grouped_run_equals_an_uninterrupted_one(tmp_path):
 
 
 def test_bf16_autocast_trains_with_step_groups_exactly_like_single_steps(tmp_path):
-    import pytorch_lightning as pl
 
     from wdcollapse.data.tensors import TensorDataModule
     from wdcollapse.models import MLP
@@ -158,16 +145,7 @@ def test_bf16_autocast_trains_with_step_groups_exactly_like_single_steps(tmp_pat
         dm.test_x, dm.test_y = dm.train_x[:10].clone(), y[:10].clone()
         module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12), optim={"name": "sgd", "lr": 0.05})
         before = module.model.layers[0].weight.detach().clone()
-        trainer = pl.Trainer(
-            max_epochs=2,
-            precision="bf16-mixed",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            accelerator="cpu",
-            default_root_dir=tmp_path,
-        )
+        trainer = cpu_trainer(tmp_path, max_epochs=2, precision="bf16-mixed")
         trainer.fit(module, datamodule=dm)
         assert trainer.global_step == 10 and torch.isfinite(module.epoch_loss_sum)
         assert module.model.layers[0].weight.dtype == torch.float32  # autocast: fp32 master weights
@@ -179,7 +157,6 @@ def test_bf16_autocast_trains_with_step_groups_exactly_like_single_steps(tmp_pat
 
 
 def test_checkpoint_of_the_automatic_optimization_era_resumes_with_its_step_count(tmp_path):
-    import pytorch_lightning as pl
 
     from wdcollapse.callbacks import AtomicCheckpoint
 
@@ -194,14 +171,6 @@ def test_checkpoint_of_the_automatic_optimization_era_resumes_with_its_step_coun
     for part in ("total", "current"):
         manual[part] = {k: 0 for k in manual[part]}
     torch.save(ckpt, tmp_path / "old.ckpt")
-    trainer = pl.Trainer(
-        max_epochs=4,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path / "d",
-    )
+    trainer = cpu_trainer(tmp_path / "d", max_epochs=4)
     trainer.fit(first, datamodule=dm, ckpt_path=str(tmp_path / "old.ckpt"))
     assert trainer.global_step == 32

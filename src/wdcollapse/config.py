@@ -59,10 +59,9 @@ def check_config(cfg: DictConfig) -> Settings:
     _require(
         model._target_ in MODELS, "model", model._target_, f"model=mlp or model=resnet20 (targets {sorted(MODELS)})"
     )
-    widths = model.width if OmegaConf.is_list(model.width) else [model.width]
     hidden = model.nonlinear_depth + model.linear_depth - 1
     _require(
-        not OmegaConf.is_list(model.width) or len(widths) == hidden,
+        not OmegaConf.is_list(model.width) or len(model.width) == hidden,
         "model.width",
         model.width,
         f"an integer >= 1, or a list of nonlinear_depth + linear_depth - 1 = {hidden} such integers",

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import keys
 from .figures import FIGURES
 from .io import atomic_write_text
-from .wandb_log import FIGURE_JOB_TYPE, GRAM_IMAGE
+from .wandb_log import GRAM_IMAGE
 
 # (family, panel title, log y axis): the quantities the theory has fall exponentially on log axes
 FAMILIES = [
@@ -29,8 +29,9 @@ FAMILIES = [
 ]
 
 
-def panels(figure: str) -> list[dict]:
-    """The workspace's sections for one figure, as plain data (what the description file holds)."""
+def panels() -> list[dict]:
+    """A figure workspace's sections, as plain data (what the description file holds); the same
+    for every figure, whose runs the workspace selects."""
     sections = [
         {
             "section": family,
@@ -49,11 +50,8 @@ def panels(figure: str) -> list[dict]:
     ]
     sections.append(
         {
-            "section": "Gram matrices and claims",
-            "panels": [
-                {"kind": "media", "title": "class-mean Gram matrices of the linear head", "key": GRAM_IMAGE},
-                {"kind": "table", "title": "claims (figure run)", "key": "claims", "job_type": FIGURE_JOB_TYPE},
-            ],
+            "section": "Gram matrices",
+            "panels": [{"kind": "media", "title": "class-mean Gram matrices of the linear head", "key": GRAM_IMAGE}],
         }
     )
     return sections
@@ -65,7 +63,7 @@ def workspace(figure: str, preset: str, entity: str, project: str):
     import wandb_workspaces.workspaces as ws
 
     sections = []
-    for section in panels(figure):
+    for section in panels():
         built = []
         for p in section["panels"]:
             if p["kind"] == "line":
@@ -90,12 +88,17 @@ def workspace(figure: str, preset: str, entity: str, project: str):
     )
 
 
-def describe(figures: list[str], preset: str, entity: str, project: str) -> dict:
-    out = {"preset": preset, "entity": entity, "project": project, "figures": {}}
-    for name in figures:
-        view = workspace(name, preset, entity, project)._to_model().model_dump(mode="json")
-        out["figures"][name] = {"group": f"{name}-{preset}", "sections": panels(name), "view": view}
-    return out
+def describe(workspaces: dict, preset: str, entity: str, project: str) -> dict:
+    """The description file's content: per figure its group, sections and the saved view."""
+    return {
+        "preset": preset,
+        "entity": entity,
+        "project": project,
+        "figures": {
+            name: {"group": f"{name}-{preset}", "sections": panels(), "view": ws._to_model().model_dump(mode="json")}
+            for name, ws in workspaces.items()
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,12 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown figure(s) {unknown}; choose from {sorted(FIGURES)}", file=sys.stderr)
         return 2
-    description = describe(args.figures, args.preset, args.entity, args.project)
+    workspaces = {name: workspace(name, args.preset, args.entity, args.project) for name in args.figures}
     if args.describe is None:
         try:
-            for name in args.figures:
-                saved = workspace(name, args.preset, args.entity, args.project).save()
-                print(f"{name}: {saved.url}")
+            for name, ws in workspaces.items():
+                print(f"{name}: {ws.save().url}")
             return 0
         except Exception as e:  # no network, no API key, no such entity: describe instead
             args.describe = "dashboards.json"
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"writing their description to {args.describe}",
                 file=sys.stderr,
             )
+    description = describe(workspaces, args.preset, args.entity, args.project)
     atomic_write_text(Path(args.describe), json.dumps(description, indent=1))
     print(f"described {len(args.figures)} workspaces in {args.describe}")
     return 0

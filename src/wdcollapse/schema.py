@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
@@ -114,21 +114,13 @@ class Trainer(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     max_epochs: PositiveInt = 300
-    accelerator: str = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu"] = "auto"
     devices: PositiveInt | Literal["auto"] | list[Annotated[int, Field(ge=0)]] | str = 1
     strategy: str = "auto"
     precision: Precision = "32-true"
     sync_batchnorm: bool = False
     deterministic: bool | Literal["warn"] = False
     log_every_n_steps: PositiveInt = 50
-
-    @field_validator("accelerator")
-    @classmethod
-    def _accelerator(cls, value: str) -> str:
-        allowed = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
-        if value not in allowed:
-            raise ValueError(f"one of {list(allowed)}")
-        return value
 
 
 class Metrics(Section):

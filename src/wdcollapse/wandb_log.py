@@ -10,37 +10,16 @@ from __future__ import annotations
 import io as _io
 from pathlib import Path
 
-import numpy as np
-
 from . import keys
 
 FIGURE_JOB_TYPE = "figure"
-GRAM_IMAGE = "gram/linear_head"  # the paper's three class-mean Gram matrices, as cosines
+GRAM_IMAGE = "gram/linear_head"  # the paper's three class-mean Gram matrices (the report's figure)
 
 
 def is_wandb_logger(logger) -> bool:
-    return type(logger).__name__ == "WandbLogger"
+    from pytorch_lightning.loggers import WandbLogger
 
-
-def gram_figure(grams: dict, names: list[str], epoch: int):
-    """A matplotlib figure of the Gram matrices `names` of `grams`, each as cosines between class
-    means (the diagonal is 1), in one row as in the paper."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    shown = [n for n in names if n in grams]
-    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(3.2 * max(1, len(shown)), 3.0), squeeze=False)
-    for ax, name in zip(axes[0], shown):
-        g = np.asarray(grams[name], dtype=float)
-        d = np.sqrt(np.clip(np.diag(g), 1e-300, None))
-        ax.imshow(g / np.outer(d, d), vmin=-1, vmax=1, cmap="RdBu_r")
-        ax.set_title(f"{name}, epoch {epoch}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    return fig
+    return isinstance(logger, WandbLogger)
 
 
 def _image(fig):
@@ -67,17 +46,19 @@ class RunLog:
         self.defined: set[str] = set()
 
     def log(self, record: dict, grams: dict) -> None:
+        from .plots.training import gram_figure
+
         run = self.logger.experiment
-        if not self.defined:
-            run.define_metric(keys.EPOCH)
         images = {}
         if any(name in grams for name in self.gram_names):
-            images[GRAM_IMAGE] = _image(gram_figure(grams, self.gram_names, int(record[keys.EPOCH])))
-        for key in [*record, *images]:
-            if key not in self.defined and key != keys.EPOCH:
+            images[GRAM_IMAGE] = _image(gram_figure(grams, self.gram_names, record[keys.EPOCH]))
+        new = [key for key in (*record, *images) if key not in self.defined]
+        if keys.EPOCH in new:  # the step metric first
+            run.define_metric(keys.EPOCH)
+        for key in new:
+            if key != keys.EPOCH:
                 run.define_metric(key, step_metric=keys.EPOCH)
-                self.defined.add(key)
-        self.defined.add(keys.EPOCH)
+        self.defined.update(new)
         run.log({**record, **images})
 
 

@@ -64,10 +64,17 @@ def plot_training_curves(runs: list[Run], path_stem: str | Path, first_layer: in
 
 
 def plot_grams(run: Run, path_stem: str | Path, title: str = "") -> list[Path]:
-    keys = [k for k in gram_keys(run) if run.grams and k in run.grams["grams"]]
+    saved = run.grams or {}
+    return save_figure(gram_figure(saved.get("grams", {}), gram_keys(run), saved.get("epoch", "?"), title), path_stem)
+
+
+def gram_figure(grams: dict, names: list[str], epoch, title: str = ""):
+    """The paper's bottom row: the class-mean Gram matrices `names` of `grams` (grams.json's
+    "grams"), each scaled by its largest entry."""
+    keys = [k for k in names if k in grams]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.2 * max(1, len(keys)), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        gram = np.array(run.grams["grams"][key])
+        gram = np.array(grams[key])
         scaled = gram / np.abs(gram).max()
         im = ax.imshow(scaled, cmap="RdBu_r", vmin=-1, vmax=1)
         name = (
@@ -79,7 +86,6 @@ def plot_grams(run: Run, path_stem: str | Path, title: str = "") -> list[Path]:
         ax.set_xlabel("class")
         ax.set_ylabel("class")
         fig.colorbar(im, ax=ax, fraction=0.046)
-    epoch = run.grams["epoch"] if run.grams else "?"
     fig.suptitle(f"{title} class-mean Gram matrices M M^T / max, epoch {epoch}", fontsize=11)
     fig.tight_layout()
-    return save_figure(fig, path_stem)
+    return fig
