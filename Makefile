@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(DATA_DIR)/MNIST/raw/train-images-idx3-ubyte: $(STAMP)
-	$(PY) -m wdcollapse.data.prepare mnist --root $(DATA_DIR)
+	$(VENV)/bin/wdcollapse-data mnist --root $(DATA_DIR)
 
 install: $(STAMP) $(DATA_DIR)/MNIST/raw/train-images-idx3-ubyte
 
@@ -30,12 +30,12 @@ data: install
 # Fashion-MNIST ships in Debian: install the package (root or sudo), then convert it.
 fashion-mnist: install
 	test -d /usr/share/datasets/fashion-mnist || $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y dataset-fashion-mnist
-	$(PY) -m wdcollapse.data.prepare fashion_mnist --root $(DATA_DIR)
+	$(VENV)/bin/wdcollapse-data fashion_mnist --root $(DATA_DIR)
 
 # CIFAR-10 as JPEG class folders from a tarball: make cifar10 CIFAR_TARBALL=PATH/cifar10-jpg.tar.gz
 cifar10: install
 	@test -n "$(CIFAR_TARBALL)" || { echo "error: name the tarball: make cifar10 CIFAR_TARBALL=PATH/cifar10-jpg.tar.gz" >&2; exit 2; }
-	$(PY) -m wdcollapse.data.prepare cifar10_folder --root $(DATA_DIR)/cifar10-jpg --tarball $(CIFAR_TARBALL)
+	$(VENV)/bin/wdcollapse-data cifar10 --root $(DATA_DIR)/cifar10-jpg --tarball $(CIFAR_TARBALL)
 
 # ruff (configured in pyproject.toml): lint and formatting, checked, not applied
 lint: $(STAMP)

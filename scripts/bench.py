@@ -37,7 +37,7 @@ from timing import PlainLoop, Rounds, forward_timed, machine, metric_pass_timed,
 
 from wdcollapse import metrics
 from wdcollapse.callbacks import DivergenceGuard, evaluation_epochs
-from wdcollapse.config import REPO_ROOT, register_resolvers
+from wdcollapse.config import CONF_DIR, register_resolvers
 from wdcollapse.io import atomic_write_text
 from wdcollapse.metric_pass import metric_pass
 from wdcollapse.module import CollapseModule
@@ -65,7 +65,7 @@ def median(values) -> float:
 
 def compose_cfg(*overrides):
     register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["logger=none", *overrides])
     return cfg
 
@@ -368,7 +368,7 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per ratio (median)")
-    parser.add_argument("--out", default=str(REPO_ROOT / "outputs" / "bench" / "bench.json"))
+    parser.add_argument("--out", default="outputs/bench/bench.json")
     parser.add_argument("--memory-child", choices=("fast", "exact"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:

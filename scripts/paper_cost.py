@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a bare checkout too
 
-from wdcollapse.config import REPO_ROOT, register_resolvers  # noqa: E402
+from wdcollapse.config import CONF_DIR, register_resolvers  # noqa: E402
 from wdcollapse.reproduce import load_spec  # noqa: E402
 
 FULL_SET = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
@@ -66,7 +66,7 @@ def main() -> int:
     )
     total_cpu = total_gpu = 0.0
     measured: dict = {}
-    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
         for figure in figures:
             cpu_h = gpu_h = 0.0
             steps_per_run = set()

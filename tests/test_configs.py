@@ -9,10 +9,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from wdcollapse.config import check_config, register_resolvers
+from wdcollapse.config import CONF_DIR, check_config, register_resolvers
 from wdcollapse.errors import ConfigError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 PRESETS = [None] + sorted(p.stem for p in (CONF / "preset").glob("*.yaml"))
 
@@ -128,33 +128,40 @@ def test_more_bad_settings_are_refused_with_what_to_do(overrides, words):
 
 
 def test_unknown_config_group_options_are_named_with_the_choices():
-    from wdcollapse.config import check_group_choices
+    from wdcollapse.config import check_command_line
 
-    check_group_choices(
+    check_command_line(
         [
             "data=mnist",
             "model=mlp,resnet20",
-            "+preset=cpu",
+            "preset=cpu",
             "hydra/launcher=joblib",
             "seed=1,2",
-            "model=choice(mlp,resnet20)",
             "experiment=glob(linear_*)",
         ]
     )
+    check_command_line(["model=choice(mlp,resnet20)"])
     with pytest.raises(ConfigError, match=r"model='vit' is not allowed: one of \['mlp', 'resnet20'\]"):
-        check_group_choices(["-m", "model=mlp,vit"])
+        check_command_line(["-m", "model=mlp,vit"])
     with pytest.raises(ConfigError, match="experiment='nope'"):
-        check_group_choices(["+experiment=nope"])
+        check_command_line(["+experiment=nope"])
+    with pytest.raises(ConfigError, match="hydra/launcher='slurmm'.*'submitit_slurm'"):
+        check_command_line(["hydra/launcher=slurmm"])  # a plugin's configs are on the search path too
+    with pytest.raises(ConfigError, match="Could not override 'optim.lrr'"):
+        check_command_line(["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="--config-dir .*: no such directory"):
+        check_command_line(["--config-dir", "/nonexistent/wdcollapse"])
 
 
 def test_every_file_the_readme_assumption_table_cites_exists_and_marks_assumptions():
-    readme = (CONF.parent / "README.md").read_text()
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
     table = readme[readme.index("## Assumptions") : readme.index("## Layout")]
     cited = set(re.findall(r"`((?:conf|src)/[^`]+)`", table))
     assert len(cited) >= 8
     assert not re.findall(r"\| [^|]*`[\w*]+\.yaml`", table), "name config files by their path from the repo root"
     for pattern in sorted(cited):
-        files = sorted(CONF.parent.glob(pattern))
+        files = sorted(repo.glob(pattern))
         assert files, f"README names {pattern}, which does not exist"
         for path in files:
             if path.suffix == ".yaml" and path.name != "mlp_mnist.yaml":  # the MLP figure's settings are stated

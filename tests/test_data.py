@@ -143,7 +143,7 @@ def test_verify_md5_message(tmp_path):
     path = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"junk")
-    with pytest.raises(DataCorruptError, match="prepare mnist --root"):
+    with pytest.raises(DataCorruptError, match="wdcollapse-data mnist --root"):
         verify_md5(path, EXPECTED_MD5["mnist"]["t10k-labels-idx1-ubyte"])
     with pytest.raises(DataNotFoundError):
         verify_md5(tmp_path / "absent", "0" * 32)

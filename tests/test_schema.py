@@ -15,11 +15,11 @@ from omegaconf import open_dict
 from pydantic import BaseModel
 
 from wdcollapse import schema
-from wdcollapse.config import check_config, register_resolvers
+from wdcollapse.config import CONF_DIR, check_config, register_resolvers
 from wdcollapse.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = CONF_DIR
 
 
 def job_cfg(*overrides):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY, read_metrics, run_train
 
+from wdcollapse.config import CONF_DIR
 from wdcollapse.theorems import THEOREM31_KEYS
 
 
@@ -132,7 +133,7 @@ def test_divergence_is_recorded_and_exits_cleanly(tmp_path):
         ("optim.name=lbfgs", ["optim.name", "lbfgs", "sgd"]),
         ("model.activation=tanh", ["model.activation", "tanh", "relu"]),
         ("data.num_per_class=7000", ["num_per_class=7000", "has only"]),
-        ("data=imagenet", ["data='imagenet'", "'fashion_mnist'", "conf/data/"]),
+        ("data=imagenet", ["data='imagenet'", "'fashion_mnist'", "data/ configs on the search path"]),
     ],
 )
 def test_bad_settings_fail_early_with_a_clear_message(tmp_path, override, words):
@@ -174,14 +175,19 @@ def test_output_directory_under_a_file_is_reported(tmp_path):
     "arg", ["++hydra.run.dir={blocker}/sub", "hydra.run.dir=/proc/wdcollapse-test", "+hydra.sweep.dir={blocker}/sweep"]
 )
 def test_output_overrides_are_checked_by_creating_them(tmp_path, arg):
-    from wdcollapse.rundir import ConfigError, check_output_override
+    from wdcollapse.config import check_command_line
+    from wdcollapse.rundir import ConfigError
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="cannot be created or written"):
-        check_output_override([arg.format(blocker=blocker)])
-    check_output_override([f"++hydra.run.dir={tmp_path}/fine"])
+        check_command_line([arg.format(blocker=blocker)])
+    check_command_line([f"++hydra.run.dir={tmp_path}/fine"])
     assert (tmp_path / "fine").is_dir()
+    # a quoted value (Lightning's DDP launcher re-runs the command with hydra.run.dir="...") is
+    # the path inside the quotes, not a folder named with a quote
+    check_command_line([f'hydra.run.dir="{tmp_path}/quoted dir"'])
+    assert (tmp_path / "quoted dir").is_dir() and not list(tmp_path.glob('"*'))
 
 
 @pytest.mark.slow
@@ -236,7 +242,7 @@ def test_an_online_wandb_logger_gets_the_run_directorys_id(
     from wdcollapse.rundir import logger_kwargs
 
     monkeypatch.setenv("WANDB_MODE", env_mode)
-    cfg = OmegaConf.load(REPO / "conf" / "logger" / "wandb.yaml").wandb
+    cfg = OmegaConf.load(CONF_DIR / "logger" / "wandb.yaml").wandb
     cfg.save_dir, cfg.offline, cfg.name, cfg.group = str(tmp_path), offline, "run", "test"
     if cfg_mode:
         cfg.mode = cfg_mode

@@ -13,6 +13,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, Checkpoint
 
 from . import keys
+from .interfaces import HookedNetwork, LoaderData, MeasuredNetwork, MetricData, missing
 from .io import append_jsonl, atomic_write_json, read_jsonl
 from .metric_pass import accuracy, gather_states, metric_pass
 from .schema import Metrics, Schedule, names
@@ -57,6 +58,12 @@ def share_rank_zero_buffers(module: torch.nn.Module) -> None:
             buffer.copy_(part.view_as(buffer))
 
 
+def on_device(batches, device):
+    """The batches on the module's device (a no-op for batches already there)."""
+    for x, y in batches:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
 class Diverged(RuntimeError):
     def __init__(self, epoch: int, step: int, loss: float):
         # `epoch` counts from 0 (the epoch in which it happened); `step` is the global step at
@@ -92,6 +99,15 @@ class MetricMonitor(Callback):
     """Runs the metric pass on the training set (eval mode) at initialisation and then on the
     schedule; appends one JSON line per evaluated epoch to metrics.jsonl, writes the latest
     class-mean Gram matrices to grams.json, and logs the row to every Lightning logger.
+
+    What it measures (wdcollapse.interfaces): by default `pl_module.model`, a `MeasuredNetwork`
+    (this package's models), on `trainer.datamodule`, a `MetricData`. For any other
+    LightningModule: `layers` names its fully connected submodules in forward order (names from
+    `pl_module.named_modules()`, e.g. ["head.0", "head.2", "fc"]) and `linear_depth` how many of
+    the last ones form the linear head (HookedNetwork); `data` is a DataLoader of the training
+    set in a fixed order (or any `MetricData`), `test_data` one of the test set, `num_classes`
+    the number of classes, and `loss_fn(output, labels)` (optional) the batch's summed loss, of
+    which `train/loss` is the mean.
     `theory` adds Theorem 3.1's `theory/*` quantities (see wdcollapse.theorems): auto = for
     models with a linear head of >= 2 layers, true, or false. `exact=False` computes each
     chunk's statistics in float32 and accumulates them in float64 (about 1e-7 relative to the
@@ -113,7 +129,24 @@ class MetricMonitor(Callback):
         test_acc: bool = _DEFAULTS.test_acc,
         theory: str | bool = _DEFAULTS.theory,
         exact: bool = _DEFAULTS.exact,
+        layers: list[str] | None = None,
+        linear_depth: int | None = None,
+        data=None,
+        test_data=None,
+        num_classes: int | None = None,
+        loss_fn=None,
     ):
+        if layers is not None and linear_depth is None:
+            raise ValueError(
+                "MetricMonitor(layers=...) needs linear_depth: how many of the last named layers are linear"
+            )
+        if data is not None and not isinstance(data, MetricData) and num_classes is None:
+            raise ValueError("MetricMonitor(data=<a DataLoader>) needs num_classes")
+        self.layers, self.linear_depth, self.loss_fn = layers, linear_depth, loss_fn
+        if data is not None and not isinstance(data, MetricData):
+            data = LoaderData(data, num_classes, test=test_data)
+        self.data = data
+        self._hooked: HookedNetwork | None = None
         self.out_dir = Path(out_dir)
         self.schedule, self.every_n, self.num_points, self.test_acc = schedule, every_n, num_points, test_acc
         check_theory_setting(theory)
@@ -139,25 +172,59 @@ class MetricMonitor(Callback):
             check_diverged(trainer, pl_module)  # whatever the callback order: no rows of NaN weights
             self.evaluate(trainer, pl_module, epoch)
 
+    def network(self, pl_module) -> MeasuredNetwork:
+        """What the metric pass measures: the named layers of `pl_module` (layers=...), else
+        `pl_module.model`."""
+        if self.layers is not None:
+            if self._hooked is None or self._hooked.module is not pl_module:
+                self._hooked = HookedNetwork(pl_module, self.layers, self.linear_depth)
+            return self._hooked
+        net = getattr(pl_module, "model", None)
+        if not isinstance(net, MeasuredNetwork):
+            raise TypeError(
+                f"MetricMonitor: {type(pl_module).__name__}.model is not a MeasuredNetwork (it lacks "
+                f"{missing(net, MeasuredNetwork)}); pass layers=[...] and linear_depth=... to measure named submodules"
+            )
+        return net
+
+    def metric_data(self, trainer) -> MetricData:
+        """The data of the metric pass: `data` (a DataLoader or MetricData), else the datamodule."""
+        data = self.data if self.data is not None else trainer.datamodule
+        if not isinstance(data, MetricData):
+            raise TypeError(
+                f"MetricMonitor: the datamodule {type(data).__name__} is not a MetricData (it lacks "
+                f"{missing(data, MetricData)}); pass data=<a DataLoader of the training set> and num_classes=..."
+            )
+        return data
+
+    def _loss(self, pl_module, num_total: int):
+        if hasattr(pl_module, "step_loss") and hasattr(pl_module, "loss"):  # CollapseModule: its own loss
+            return lambda out, y: pl_module.loss(out, y, num_total=num_total)
+        if self.loss_fn is not None:
+            return lambda out, y: self.loss_fn(out, y) / num_total
+        return None
+
     def evaluate(self, trainer: pl.Trainer, pl_module, epoch: int) -> dict:
         start = time.perf_counter()
-        data = trainer.datamodule
+        data = self.metric_data(trainer)
+        net = self.network(pl_module)
+        device = pl_module.device
         was_training = pl_module.training
         pl_module.eval()
         n = data.num_train
-        observers = theory_observers(self.theory, pl_module.model, data.num_classes, exact=self.exact)
+        observers = theory_observers(self.theory, net, data.num_classes, exact=self.exact)
         if distributed(trainer):
-            share_rank_zero_buffers(pl_module.model)
+            share_rank_zero_buffers(net if isinstance(net, torch.nn.Module) else net.module)
             share = {"rank": trainer.global_rank, "world": trainer.world_size}
             reduce = gather_states
         else:
             share, reduce = {}, None
         try:
             row, grams = metric_pass(
-                pl_module.model,
-                data.eval_batches("train", **share),
+                net,
+                on_device(data.eval_batches("train", **share), device),
                 data.num_classes,
-                loss_fn=lambda out, y: pl_module.loss(out, y, num_total=n),
+                loss_fn=self._loss(pl_module, n),
                 observers=observers,
                 exact=self.exact,
                 reduce=reduce,
@@ -166,17 +233,15 @@ class MetricMonitor(Callback):
             # Non-finite features: the epoch's last step blew up, and its loss (all that
             # DivergenceGuard sees) was computed before that step.
             with torch.no_grad():
-                if all(torch.isfinite(pl_module.model(x)).all() for x, _ in data.eval_batches("train")):
+                if all(torch.isfinite(net(x)).all() for x, _ in on_device(data.eval_batches("train"), device)):
                     raise
             raise Diverged(trainer.current_epoch, trainer.global_step, math.nan) from None
-        record = {
-            "epoch": epoch,
-            "step": trainer.global_step,
-            keys.TRAIN_LOSS: row.pop("loss"),
-            keys.TRAIN_ACC: row.pop("acc"),
-        }
+        record = {"epoch": epoch, "step": trainer.global_step}
+        if "loss" in row:
+            record[keys.TRAIN_LOSS] = row.pop("loss")
+        record[keys.TRAIN_ACC] = row.pop("acc")
         if self.test_acc:
-            record[keys.TEST_ACC] = accuracy(pl_module.model, data.eval_batches("test", **share), reduce=reduce)
+            record[keys.TEST_ACC] = accuracy(net, on_device(data.eval_batches("test", **share), device), reduce=reduce)
         record["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
         record.update(row)
         pl_module.train(was_training)
@@ -186,7 +251,6 @@ class MetricMonitor(Callback):
             for logger in trainer.loggers:
                 if is_wandb_logger(logger):  # against the epoch, with the Gram images
                     if id(logger) not in self._wandb:
-                        net = pl_module.model
                         self._wandb[id(logger)] = RunLog(logger, net.nonlinear_depth, net.num_layers)
                     self._wandb[id(logger)].log(record, grams)
                 else:

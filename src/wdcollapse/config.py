@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import uuid
 import warnings
 from pathlib import Path
@@ -13,13 +14,26 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import ConfigError
 from .schema import Settings, validate
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# The configs ship inside the package: Hydra finds them through the package (pkg://), wherever
+# it is installed; nothing is looked up relative to a source checkout.
+CONFIG_MODULE = "wdcollapse.conf"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # the same files, for reading them directly
+DATA_DIR_ENV = "WDCOLLAPSE_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """Where data lives unless paths.data_dir says otherwise: $WDCOLLAPSE_DATA_DIR, else data/
+    under the current directory."""
+    return Path(os.environ.get(DATA_DIR_ENV) or Path.cwd() / "data")
+
+
 MODELS = {"wdcollapse.models.MLP": "mlp", "wdcollapse.models.ResNet20": "resnet20"}
 
 
 def register_resolvers() -> None:
     """`${div:a,b}` = a / b and `${add:a,b}` = a + b (e.g. weight decay 0.016 / L), and
-    `${repo_root:}`, the checkout holding conf/ (the default data directory lives there), and
+    `${data_dir:}`, the default data directory (default_data_dir), and
     `${uid:}`, a random id that keeps run directories of launches in the same second apart."""
     if not OmegaConf.has_resolver("div"):
         OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
@@ -31,8 +45,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
     if not OmegaConf.has_resolver("balancing_epochs"):
         OmegaConf.register_new_resolver("balancing_epochs", balancing_epochs)
-    if not OmegaConf.has_resolver("repo_root"):
-        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("data_dir"):
+        OmegaConf.register_new_resolver("data_dir", lambda: str(default_data_dir()))
 
 
 def balancing_epochs(budget, lr, weight_decay, momentum, num_samples, batch_size) -> int:
@@ -113,17 +127,87 @@ def check_config(cfg: DictConfig) -> Settings:
     return settings
 
 
-# Config groups whose options are all files under conf/ (hydra/launcher also has plugins').
-OWN_GROUPS = ("data", "model", "optim", "preset", "experiment", "logger", "trainer", "callbacks")
+def search_path(config_dir: str | None = None):
+    """Hydra's config search path as `wdcollapse-train` gets it: hydra's own configs, the
+    package's (pkg://wdcollapse.conf), the plugins' (hydra/launcher=joblib), and a user's
+    `--config-dir` in front of the package's, as Hydra puts it."""
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+
+    path = create_config_search_path(CONFIG_PATH)
+    if config_dir is not None:
+        folder = os.path.abspath(config_dir)
+        if not os.path.isdir(folder):
+            raise ConfigError(f"--config-dir {config_dir}: no such directory")
+        path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+    return path
 
 
-def check_group_choices(argv: list[str], conf_dir: Path = REPO_ROOT / "conf") -> None:
-    """`data=foo` (also in a sweep, `model=mlp,foo`): a one-line error listing the options
-    instead of Hydra's traceback-style report."""
-    for arg in argv:
-        key, sep, value = arg.lstrip("+").partition("=")
-        if not sep or key not in OWN_GROUPS or value in ("", "null") or any(c in value for c in "()[]{}*$"):
-            continue  # Hydra's sweep functions (choice(...), glob(*)) and interpolations: its own check
-        options = sorted(f.stem for f in (conf_dir / key).glob("*.yaml"))
-        for choice in value.split(","):
-            _require(choice in options, key, choice, f"one of {options} (files in conf/{key}/)")
+def check_command_line(argv: list[str]) -> None:
+    """The command line of wdcollapse-train, before Hydra creates anything: every choice of a
+    config group (also each value of a sweep, `model=mlp,foo`) must be a config somewhere on the
+    search path (the package's, `--config-dir`'s, `hydra.searchpath`'s); an output directory
+    override must be writable; the config must compose (with the first value of each swept
+    setting). Each failure is one ConfigError line instead of Hydra's multi-line report."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import HydraException, MissingConfigException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .rundir import check_output_override
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return  # a flag Hydra does not know: its own usage message
+    queries = (args.help, args.hydra_help, args.cfg, args.info, args.shell_completion)
+    if any(queries) or args.config_path is not None or args.experimental_rerun is not None:
+        return  # a query, or a config path relative to a caller: Hydra's own handling
+    config_name = args.config_name or "train"
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except HydraException as e:
+        raise ConfigError(str(e).splitlines()[0].rstrip(".")) from None
+    for o in parsed:
+        if o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") and not o.is_sweep_override():
+            check_output_override(o.key_or_group, str(o.value()))
+    loader = ConfigLoaderImpl(config_search_path=search_path(args.config_dir))
+    searchpath = [o.input_line for o in parsed if o.key_or_group == "hydra.searchpath"]
+    first = []
+    for o in parsed:
+        if o.is_sweep_override():
+            value = next(iter(o.sweep_string_iterator()), None) if isinstance(o.value(), ChoiceSweep) else None
+            if value is None:  # range(), glob(): Hydra expands and checks those itself
+                continue
+            first.append(f"{'+' if o.is_add() else ''}{o.get_key_element()}={value}")
+        else:
+            first.append(o.input_line)
+        if "." in o.key_or_group or o.is_delete() or not isinstance(o.value(), (str, ChoiceSweep)):
+            continue
+        options = loader.get_group_options(o.key_or_group, config_name=config_name, overrides=searchpath)
+        if not options:
+            continue  # not a config group
+        values = list(o.sweep_string_iterator()) if isinstance(o.value(), ChoiceSweep) else [str(o.value())]
+        for value in values:
+            _require(
+                value in options or value == "null",
+                o.key_or_group,
+                value,
+                f"one of {options} (the {o.key_or_group}/ configs on the search path: the package's"
+                + (f" and {args.config_dir}'s" if args.config_dir else "")
+                + ")",
+            )
+    try:
+        loader.load_configuration(config_name, overrides=first, run_mode=RunMode.RUN)
+    except MissingConfigException as e:
+        first_line = str(e).strip().splitlines()[0].rstrip(".")
+        raise ConfigError(first_line + (f"; available: {sorted(e.options)}" if e.options else "")) from None
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        lines = [
+            line.rstrip(".") for line in lines if not line.startswith(("full_key:", "object_type=", "reference_type="))
+        ]
+        raise ConfigError("; ".join(lines[:3]) or type(e).__name__) from None

