@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
-from .schema import Settings, validate
+from .schema import OWN_MODELS, Settings, validate
 
 # The configs ship inside the package: Hydra finds them through the package (pkg://), wherever
 # it is installed; nothing is looked up relative to a source checkout.
@@ -28,7 +28,6 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or Path.cwd() / "data")
 
 
-MODELS = {"wdcollapse.models.MLP": "mlp", "wdcollapse.models.ResNet20": "resnet20"}
 
 
 def register_resolvers() -> None:
@@ -70,20 +69,18 @@ def check_config(cfg: DictConfig) -> Settings:
     together; a ConfigError for the first bad one, warnings for legal but unusual ones."""
     settings = validate(cfg)
     data, model, optim, trainer = cfg.data, cfg.model, cfg.optim, cfg.trainer
+    if model._target_ in OWN_MODELS:
+        hidden = model.nonlinear_depth + model.linear_depth - 1
+        _require(
+            not OmegaConf.is_list(model.width) or len(model.width) == hidden,
+            "model.width",
+            model.width,
+            f"an integer >= 1, or a list of nonlinear_depth + linear_depth - 1 = {hidden} such integers",
+        )
     _require(
-        model._target_ in MODELS, "model", model._target_, f"model=mlp or model=resnet20 (targets {sorted(MODELS)})"
-    )
-    hidden = model.nonlinear_depth + model.linear_depth - 1
-    _require(
-        not OmegaConf.is_list(model.width) or len(model.width) == hidden,
-        "model.width",
-        model.width,
-        f"an integer >= 1, or a list of nonlinear_depth + linear_depth - 1 = {hidden} such integers",
-    )
-    _require(
-        optim.name != "gd" or data.batch_size is None,
+        optim.name != "gd" or data.get("batch_size") is None,
         "data.batch_size",
-        data.batch_size,
+        data.get("batch_size"),
         "null with optim=gd (full-batch gradient descent); for mini-batches use optim=sgd optim.momentum=0",
     )
     manual = "unset: optimization is manual (CollapseModule), which Lightning does not clip or accumulate for"
@@ -122,7 +119,7 @@ def check_config(cfg: DictConfig) -> Settings:
         trainer.get("sync_batchnorm"),
         "false on the CPU (torch's SyncBatchNorm runs on GPUs only)",
     )
-    if model.linear_depth == 1:
+    if model.get("linear_depth") == 1:
         warnings.warn("model.linear_depth=1: the theory (Theorem 3.1) needs a linear head of >= 2 layers", stacklevel=2)
     return settings
 

@@ -125,6 +125,8 @@ class CollapseModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         """One optimizer step per (x, y) of the group `batch`; returns the last step's loss."""
         opt, schedule = self.optimizers(), self.lr_schedulers()
+        if isinstance(batch[0], torch.Tensor):  # one (x, y) batch: a data module of the user's own
+            batch = [batch]
         for x, y in batch:
             opt.zero_grad(set_to_none=True)
             loss = self.step_loss(x, y)
@@ -145,7 +147,7 @@ class CollapseModule(pl.LightningModule):
         calls = max(1, self.trainer.estimated_stepping_batches // max_epochs)
         datamodule = self.trainer.datamodule
         steps = getattr(datamodule, "steps_per_epoch", None)
-        steps = min(steps, calls * datamodule.steps_per_call) if steps else calls
+        steps = min(steps, calls * getattr(datamodule, "steps_per_call", 1)) if steps else calls
         opt, schedule = build_optimizer(self.model.parameters(), self.optim, steps, max_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

@@ -8,12 +8,13 @@ look them up in their registries, and tests/test_schema.py holds the two equal."
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Annotated, Any, Literal, get_args
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import ConfigError
 
@@ -59,6 +60,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=False)
 
 
+# This package's data module and models: their settings are checked key by key below. Any other
+# `_target_` is a user's own class (wdcollapse.interfaces says what it must offer): its own keys
+# pass, and the class is checked for the interface once it is built.
+OWN_DATA = ("wdcollapse.data.tensors.TensorDataModule",)
+OWN_MODELS = ("wdcollapse.models.MLP", "wdcollapse.models.ResNet20")
+
+
 class Data(Section):
     target: str = Field(alias="_target_")
     name: DataName
@@ -76,10 +84,25 @@ class Data(Section):
     in_shape: Annotated[list[PositiveInt], Field(min_length=1, max_length=3)]
 
 
-class Model(Section):
-    """LayerwiseNet's settings; a model of the user's own may add keys (extra allowed)."""
+class ExternalData(Section):
+    """A data module of the user's own (a LightningDataModule that is a MetricData): its keys are
+    its own; the metrics need the number of classes."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+    target: str = Field(alias="_target_")
+    num_classes: Annotated[int, Field(ge=2)]
+
+
+class ExternalModel(Section):
+    """A model of the user's own (a MeasuredNetwork): its keys are its own."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    target: str = Field(alias="_target_")
+
+
+class Model(Section):
+    """LayerwiseNet's settings (MLP, ResNet20)."""
+
     target: str = Field(alias="_target_")
     in_shape: list[PositiveInt]
     num_classes: Annotated[int, Field(ge=2)]
@@ -208,10 +231,23 @@ def _allowed(error: dict) -> str:
     if kind == "literal_error":
         return f"one of {ctx.get('expected', '')}"
     if kind == "extra_forbidden":
-        return "no such setting (check the spelling; a model of your own may add keys under model.)"
+        return "no such setting (check the spelling; a model or data module of your own has its own keys)"
     if kind == "missing":
         return "a value (this setting is required)"
     return error["msg"][0].lower() + error["msg"][1:]
+
+
+@functools.cache
+def settings_class(own_data: bool, own_model: bool) -> type[Settings]:
+    """Settings, with a user's own data module or model checked as ExternalData / ExternalModel."""
+    if own_data and own_model:
+        return Settings
+    fields = {}
+    if not own_data:
+        fields["data"] = (ExternalData, ...)
+    if not own_model:
+        fields["model"] = (ExternalModel, ...)
+    return create_model("Settings", __base__=Settings, **fields)
 
 
 def validate(cfg: DictConfig) -> Settings:
@@ -223,8 +259,9 @@ def validate(cfg: DictConfig) -> Settings:
         key = getattr(e, "full_key", None) or "a setting"
         raise ConfigError(f"{key} cannot be resolved: {str(e).splitlines()[0]}") from None
     container.pop("hydra", None)
+    targets = [(container.get(group) or {}).get("_target_") for group in ("data", "model")]
     try:
-        settings = Settings.model_validate(container)
+        settings = settings_class(targets[0] in OWN_DATA, targets[1] in OWN_MODELS).model_validate(container)
     except ValidationError as e:
         errors = e.errors()
         # Of several errors for one setting (one per member of a union), the first names it best.

@@ -35,8 +35,10 @@ from . import rundir
 from .callbacks import AtomicCheckpoint, Diverged, DivergenceGuard, MetricMonitor
 from .config import CONFIG_PATH, ConfigError, check_command_line, check_config, register_resolvers
 from .data.errors import DataCorruptError, DataNotFoundError
+from .interfaces import MeasuredNetwork, MetricData, missing
 from .module import CollapseModule
 from .rundir import last_checkpoint, launched_rank, logger_kwargs, write_summary
+from .schema import OWN_DATA
 
 log = logging.getLogger("wdcollapse")
 # Lightning's advertisement for its cloud logger, and a note on every checkpoint load.
@@ -95,6 +97,16 @@ def from_setting(group: str):
         raise ConfigError(f"{group}: {first} (check the {group}.* settings)") from None
 
 
+def require_interface(obj, protocol, group: str) -> None:
+    """A ConfigError naming what a user's class built from `group`'s `_target_` lacks."""
+    lacking = missing(obj, protocol)
+    if lacking:
+        raise ConfigError(
+            f"{group}._target_={type(obj).__module__}.{type(obj).__qualname__} lacks {lacking}: a {group} must "
+            f"be a wdcollapse.interfaces.{protocol.__name__} (see that module and README, 'Your own model or data')"
+        )
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Train as `cfg` says into `out_dir`; returns the run's summary."""
     check_config(cfg)
@@ -106,11 +118,14 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     pl.seed_everything(int(cfg.seed), verbose=False)
     trainer = None
     try:
+        own_data = cfg.data._target_ in OWN_DATA  # a data module of the user's own groups no steps
         with from_setting("data"):
-            datamodule = instantiate(cfg.data, steps_per_call=int(cfg.steps_per_call))
-            datamodule.setup()
+            datamodule = instantiate(cfg.data, **({"steps_per_call": int(cfg.steps_per_call)} if own_data else {}))
+            datamodule.setup("fit")
+            require_interface(datamodule, MetricData, "data")
         with from_setting("model"):
             net = instantiate(cfg.model)
+            require_interface(net, MeasuredNetwork, "model")
         module = CollapseModule(
             net,
             cfg.loss.name,
