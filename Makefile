@@ -39,8 +39,8 @@ cifar10: install
 
 # ruff (configured in pyproject.toml): lint and formatting, checked, not applied
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests scripts
-	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts examples
+	$(VENV)/bin/ruff format --check src tests scripts examples
 
 test: install
 	WANDB_MODE=offline WANDB_SILENT=true $(PY) -m pytest -q

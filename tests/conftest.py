@@ -5,8 +5,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# One torch thread in the test process, as every run uses (threads=1): on a busy 2-core machine
+# several threads spin on small tensors far longer than one computes them.
+torch.set_num_threads(1)
 
 
 def pytest_configure(config):

@@ -129,6 +129,7 @@ class MetricMonitor(Callback):
         test_acc: bool = _DEFAULTS.test_acc,
         theory: str | bool = _DEFAULTS.theory,
         exact: bool = _DEFAULTS.exact,
+        extra=None,
         layers: list[str] | None = None,
         linear_depth: int | None = None,
         data=None,
@@ -151,6 +152,10 @@ class MetricMonitor(Callback):
         self.schedule, self.every_n, self.num_points, self.test_acc = schedule, every_n, num_points, test_acc
         check_theory_setting(theory)
         self.theory, self.exact = theory, exact
+        # `extra`: the switches of schema.ExtraMetrics (an instance or a mapping, e.g. the config's
+        # callbacks.metrics.extra), validated by it; None: all off.
+        self.extra = _DEFAULTS.extra.model_validate(dict(extra) if extra is not None else {})
+        self.extra_families = [name for name in keys.EXTRA if getattr(self.extra, name)]
         self.metric_seconds = 0.0
         self._wandb: dict[int, RunLog] = {}
 
@@ -219,15 +224,20 @@ class MetricMonitor(Callback):
             reduce = gather_states
         else:
             share, reduce = {}, None
+
+        def batches(split: str):  # a fresh iterable per call: extra nc4 reads the data twice
+            return lambda: on_device(data.eval_batches(split, **share), device)
+
         try:
             row, grams = metric_pass(
                 net,
-                on_device(data.eval_batches("train", **share), device),
+                batches("train"),
                 data.num_classes,
                 loss_fn=self._loss(pl_module, n),
                 observers=observers,
                 exact=self.exact,
                 reduce=reduce,
+                extra=self.extra_families,
             )
         except torch.linalg.LinAlgError:
             # Non-finite features: the epoch's last step blew up, and its loss (all that
@@ -240,10 +250,17 @@ class MetricMonitor(Callback):
         if "loss" in row:
             record[keys.TRAIN_LOSS] = row.pop("loss")
         record[keys.TRAIN_ACC] = row.pop("acc")
-        if self.test_acc:
+        test_row = {}
+        if self.extra.test_set:  # the same pass on the test split; its accuracy is test/acc
+            test_row, _ = metric_pass(
+                net, batches("test"), data.num_classes, exact=self.exact, reduce=reduce, extra=self.extra_families
+            )
+            record[keys.TEST_ACC] = test_row.pop("acc")
+        elif self.test_acc:
             record[keys.TEST_ACC] = accuracy(net, on_device(data.eval_batches("test", **share), device), reduce=reduce)
         record["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
         record.update(row)
+        record.update({keys.on_test(k): v for k, v in test_row.items() if not keys.of_weights_only(k)})
         pl_module.train(was_training)
         if trainer.is_global_zero:
             append_jsonl(self.metrics_path, record)

@@ -28,8 +28,6 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or Path.cwd() / "data")
 
 
-
-
 def register_resolvers() -> None:
     """`${div:a,b}` = a / b and `${add:a,b}` = a + b (e.g. weight decay 0.016 / L), and
     `${data_dir:}`, the default data directory (default_data_dir), and

@@ -21,11 +21,33 @@ PER_LAYER = (NC1, NC2, BALANCEDNESS, NEGATIVITY)
 
 THEORY = "theory"  # Theorem 3.1's quantities: `theory/nc1_bound`, ...
 
+# Optional metrics from the literature (metric_pass(extra=...), callbacks.metrics.extra), off by
+# default. Per layer: Papyan et al.'s NC1 = tr(Sigma_W Sigma_B^+) / K and Galanti et al.'s CDNV.
+NC1_PAPYAN, CDNV = "nc1_papyan", "cdnv"
+# Of the simplex ETF (NC2), for the centred class means of Z_(L-1) and the rows of W_L:
+# `nc2_equinorm/features`, `nc2_equiangularity/weights`, ...
+NC2_EQUINORM, NC2_EQUIANGULARITY = "nc2_equinorm", "nc2_equiangularity"
+FEATURES, WEIGHTS = "features", "weights"
+NC3_DUALITY = "nc3_duality"  # || W_L/||W_L||_F - M/||M||_F ||_F^2, M the centred means of Z_(L-1)
+NC4 = "nc4"  # agreement of the network's prediction with the nearest class centre of Z_(L-1)
+
+# The switches of those families (schema.ExtraMetrics has one boolean each, and `test_set`) and
+# the key families each adds.
+PAPYAN_NC1_CDNV, ETF, SELF_DUALITY = "papyan_nc1_cdnv", "etf", "self_duality"  # and NC4's own name
+EXTRA = {
+    PAPYAN_NC1_CDNV: (NC1_PAPYAN, CDNV),
+    ETF: (NC2_EQUINORM, NC2_EQUIANGULARITY),
+    SELF_DUALITY: (NC3_DUALITY,),
+    NC4: (NC4,),
+}
+
+TEST = "test"  # the metric pass on the test split: `test/nc1/layer_3`, `test/nc4`, ...
+
 _PER_LAYER_KEY = re.compile(r"^(?P<metric>[a-z0-9_]+)/layer_(?P<layer>\d+)$")
 
 
 def layer(metric: str, l: int) -> str:
-    """The key of `metric` (one of PER_LAYER) at layer (or pair) `l`: `nc1/layer_3`."""
+    """The key of `metric` (one of PER_LAYER, NC1_PAPYAN, CDNV) at layer (or pair) `l`: `nc1/layer_3`."""
     return f"{metric}/layer_{l}"
 
 
@@ -33,6 +55,24 @@ def parse_layer(key: str) -> tuple[str, int] | None:
     """(metric, layer) of a per-layer key, None for any other key."""
     m = _PER_LAYER_KEY.match(key)
     return (m["metric"], int(m["layer"])) if m else None
+
+
+def etf(metric: str, of: str) -> str:
+    """The key of an ETF measure (NC2_EQUINORM, NC2_EQUIANGULARITY) of FEATURES or WEIGHTS:
+    `nc2_equinorm/features`."""
+    return f"{metric}/{of}"
+
+
+def on_test(key: str) -> str:
+    """The key of a metric-pass value measured on the test split: `test/nc1/layer_3`."""
+    return f"{TEST}/{key}"
+
+
+def of_weights_only(key: str) -> bool:
+    """Whether the metric pass's value `key` depends on the weights alone (balancedness, the ETF
+    measures of W_L): the same on every split, so the test pass leaves it out."""
+    parsed = parse_layer(key)
+    return (parsed is not None and parsed[0] == BALANCEDNESS) or key.endswith(f"/{WEIGHTS}")
 
 
 def theory(name: str) -> str:

@@ -3,7 +3,7 @@ accumulators, so every layer's metrics come out of one sweep in bounded memory."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -72,6 +72,15 @@ def gather_states(obj) -> list:
     return [torch.load(io.BytesIO(b), map_location=device, weights_only=False) for b in out]
 
 
+def extra_families(extra: Iterable[str]) -> set[str]:
+    """The optional metric families named in `extra` (keys.EXTRA's switches), checked."""
+    families = {extra} if isinstance(extra, str) else set(extra)
+    unknown = sorted(families - set(keys.EXTRA))
+    if unknown:
+        raise ValueError(f"unknown extra metrics {unknown}; choose from {sorted(keys.EXTRA)}")
+    return families
+
+
 def _layers_kept(observers: list, num_layers: int) -> set[int]:
     """Layers whose pre-activation and output the observers' trace must hold: an observer's
     `layers` attribute (indices l-1), or all of them when it has none."""
@@ -84,13 +93,14 @@ def _layers_kept(observers: list, num_layers: int) -> set[int]:
 @torch.no_grad()
 def metric_pass(
     net: LayerwiseNet,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
     num_classes: int,
     loss_fn=None,
     observers: Iterable = (),
     exact: bool = True,
     reduce: Callable[[object], list] | None = None,
     negativity: bool = True,
+    extra: Iterable[str] = (),
 ) -> tuple[dict[str, float], dict[str, list]]:
     """Returns (metrics row, class-mean Gram matrices) for the layers l = 1..L.
 
@@ -113,12 +123,36 @@ def metric_pass(
 
     `negativity=False` leaves out the negativity keys and their two Gram matrices per
     activated layer (on the CPU the largest cost after the forward pass itself).
+
+    `extra` switches on metrics from the literature, by family (keys.EXTRA), each finalised
+    in float64 from the merged statistics:
+    - `papyan_nc1_cdnv`: `nc1_papyan/layer_l` = tr(Sigma_W Sigma_B^+) / K (Papyan, Han & Donoho
+      2020) and `cdnv/layer_l` (Galanti et al. 2022) for every layer; keeps each layer's d x d
+      within-class scatter matrix (one Gram matrix per layer and chunk, O(d^2) memory).
+    - `etf`: `nc2_equinorm/features|weights` (std / mean of the norms) and
+      `nc2_equiangularity/features|weights` (mean over class pairs of |cos + 1/(K-1)|) of the
+      globally centred class means of Z_{L-1} and of the rows of W_L.
+    - `self_duality`: `nc3_duality` = || W_L/||W_L||_F - M/||M||_F ||_F^2, M the centred class
+      means of Z_{L-1} (row c: class c).
+    - `nc4`: the fraction of samples whose prediction (argmax of the output) is the nearest
+      class centre of Z_{L-1}. It needs the class means before it can classify, so it is a
+      second pass over the data after the first one's states are merged; `batches` must then
+      be re-iterable (a list, a DataLoader) or a function returning a fresh iterable (the
+      generator `batches` of a single pass cannot be read twice), and `reduce` is called a
+      second time, with this process's (agreements, samples), to sum the counts of all ranks.
+    `batches` may always be such a function; it is called once per pass.
     """
+    families = extra_families(extra)
+    if keys.NC4 in families and isinstance(batches, Iterator):
+        raise ValueError("extra nc4 reads the data twice: pass batches as a list or a function returning an iterable")
+    scatter = keys.PAPYAN_NC1_CDNV in families
     L = net.num_layers
     weights = [w.detach() for w in net.weights]
     penultimate = L - 2  # index of Z_{L-1}; -1 would be the trunk output, not tracked
     outs = [
-        metrics.NCAccumulator(num_classes, weight=weights[-1] if l == penultimate else None, exact=exact)
+        metrics.NCAccumulator(
+            num_classes, weight=weights[-1] if l == penultimate else None, exact=exact, scatter=scatter
+        )
         for l in range(L)
     ]
     nonlinear = [l for l in range(L) if not net.is_linear[l]]
@@ -130,7 +164,7 @@ def metric_pass(
     loss_sum, correct, count = 0.0, 0, 0
     observers = list(observers)
     keep = _layers_kept(observers, L)
-    for x, y in batches:
+    for x, y in batches() if callable(batches) else batches:
         metrics.check_label_range(y, num_classes)  # once per chunk, not once per layer
         # Each layer is consumed as soon as it is computed and only the layers an observer
         # asks for outlive the next one: the pass's peak memory is about a third of one
@@ -172,6 +206,7 @@ def metric_pass(
             )
     if penultimate >= 0:
         row[keys.NC3] = outs[penultimate].nc3()
+    row.update(_extra_metrics(families, net, batches, outs, w64[-1], penultimate, exact, reduce))
     if loss_fn is not None:
         row["loss"] = state.loss_sum
     row["acc"] = state.correct / state.count
@@ -186,6 +221,46 @@ def metric_pass(
     if last_pre is not None:
         grams[keys.gram_preact(nonlinear[-1] + 1)] = gram(last_pre)
     return row, grams
+
+
+def _extra_metrics(families: set[str], net, batches, outs: list, w_last, penultimate: int, exact: bool, reduce):
+    """The keys of the `extra` families from the merged accumulators (and nc4's second pass)."""
+    row: dict[str, float] = {}
+    if keys.PAPYAN_NC1_CDNV in families:
+        for l, acc in enumerate(outs):
+            row[keys.layer(keys.NC1_PAPYAN, l + 1)] = acc.nc1_papyan()
+            row[keys.layer(keys.CDNV, l + 1)] = acc.cdnv()
+    # Z_{L-1}'s class means; with a single layer its input is not tracked, only W_L's rows are.
+    wanted = families & {keys.ETF, keys.SELF_DUALITY, keys.NC4}
+    centred = outs[penultimate].centred_means() if wanted and penultimate >= 0 else None
+    if keys.ETF in families:
+        for of, vectors in ((keys.FEATURES, centred), (keys.WEIGHTS, w_last)):
+            if vectors is not None:
+                row[keys.etf(keys.NC2_EQUINORM, of)] = metrics.equinorm(vectors)
+                row[keys.etf(keys.NC2_EQUIANGULARITY, of)] = metrics.equiangularity(vectors)
+    if keys.SELF_DUALITY in families and centred is not None:
+        row[keys.NC3_DUALITY] = metrics.self_duality(w_last, centred)
+    if keys.NC4 in families and centred is not None:
+        row[keys.NC4] = _nc4_pass(net, batches, outs[penultimate].class_means(), penultimate, exact, reduce)
+    return row
+
+
+def _nc4_pass(net, batches, means: torch.Tensor, penultimate: int, exact: bool, reduce) -> float:
+    """NC4's second pass: the fraction of samples whose prediction is the nearest class centre
+    (`means`, merged over all ranks) of their Z_{L-1}; the counts summed over ranks by `reduce`."""
+    agree, count = 0, 0
+    for x, y in batches() if callable(batches) else batches:
+        for l, (_, out) in enumerate(net.iter_layers(x)):
+            if l == penultimate:
+                z = out
+        agree = agree + (metrics.nearest_class_centre(z, means, exact) == out.argmax(1)).sum()
+        count += len(y)
+        del z, out  # one chunk's features alive at a time, as in the first pass
+    counts = (int(agree), count)
+    if reduce is not None:
+        shares = reduce(counts)
+        counts = (sum(s[0] for s in shares), sum(s[1] for s in shares))
+    return counts[0] / counts[1] if counts[1] else float("nan")
 
 
 @torch.no_grad()

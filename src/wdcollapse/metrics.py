@@ -12,6 +12,12 @@ The accumulators take `exact=False` for a fast path: each batch's statistics
 precision (float32 for a float32 network, about twice as fast as float64 and
 half the memory traffic) and accumulated across batches in float64. Its values
 agree with the exact path to about 1e-7 relative (tests/test_fastpath.py checks 1e-5).
+
+Besides the paper's metrics, optional ones from the literature (off in the metric pass unless
+switched on): Papyan, Han & Donoho's (2020) NC1 = tr(Sigma_W Sigma_B^+) / K and their NC2
+measures of a simplex ETF (equinorm, equiangularity) and NC3 (self-duality of W_L and the centred
+class means), Galanti et al.'s (2022) class-distance normalised variance (CDNV), and NC4
+(agreement of the network with the nearest-class-centre classifier).
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ __all__ = [
     "balancedness",
     "negativity",
     "op_norm",
+    "nc1_papyan",
+    "cdnv",
+    "equinorm",
+    "equiangularity",
+    "self_duality",
+    "nearest_class_centre",
     "NCAccumulator",
     "GramAccumulator",
     "NegativityAccumulator",
@@ -94,9 +106,10 @@ def _require_all_classes(counts: torch.Tensor) -> None:
 # per-class statistics shared by the functions and the accumulator
 
 
-def _class_stats(z: torch.Tensor, y: torch.Tensor, num_classes: int):
+def _class_stats(z: torch.Tensor, y: torch.Tensor, num_classes: int, scatter: bool = False):
     """Per-class count [K], mean [K, d] and sum of squared deviations [K], as float64,
-    computed in z's precision."""
+    computed in z's precision; with `scatter`, also the within-class scatter matrix
+    S_W = sum_i (z_i - mu_{y_i})(z_i - mu_{y_i})^T [d, d]."""
     counts = torch.bincount(y, minlength=num_classes)
     n = counts.clamp_min(1).unsqueeze(1)
     means = z.new_zeros(num_classes, z.shape[1]).index_add_(0, y, z).div_(n)
@@ -108,9 +121,14 @@ def _class_stats(z: torch.Tensor, y: torch.Tensor, num_classes: int):
     dev = means.index_select(0, y)
     dev = torch.sub(z, dev, out=dev)
     resid = torch.zeros_like(means).index_add_(0, y, dev).double() / n
+    # Before the squaring below overwrites dev; the same rounding correction in matrix form:
+    # sum (dev - r)(dev - r)^T = sum dev dev^T - n r r^T, r a class's resid.
+    s_w = _gram(dev).double() - (resid * n).T @ resid if scatter else None
     sq_dev = dev.square_().sum(1).double()
     m2 = sq_dev.new_zeros(num_classes).index_add_(0, y, sq_dev)
     m2 = (m2 - resid.pow(2).sum(1) * n.squeeze(1)).clamp_min(0.0)
+    if scatter:
+        return counts, means.double() + resid, m2, s_w
     return counts, means.double() + resid, m2
 
 
@@ -135,6 +153,47 @@ def _nc2_from_means(means: torch.Tensor) -> float:
     if s.numel() < means.shape[0] or float(s[-1]) == 0.0:
         return float("inf")
     return float(s[0] / s[-1])
+
+
+def centred_means(counts: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """mu_c - mu_G [K, d], mu_G the count-weighted mean of the mu_c (the mean of all samples)."""
+    n = counts.double()
+    return means - (n.unsqueeze(1) * means).sum(0) / n.sum()
+
+
+def _nc1_papyan_from_stats(counts, means, s_w) -> float:
+    """tr(Sigma_W Sigma_B^+) / K through the SVD of the centred class means M [K, d]:
+    Sigma_B = M^T M / K = V diag(s^2 / K) V^T, so the value is sum_j v_j^T Sigma_W v_j / s_j^2
+    over the kept singular directions. Working on M rather than on Sigma_B squares no condition
+    number. Kept: s_j > s_1 max(K, d) eps (numpy's matrix_rank tolerance), and at most K - 1,
+    the rank of M (sum_c n_c (mu_c - mu_G) = 0), so that the rounding of the centring never
+    enters as a direction of almost zero between-class variance."""
+    _require_all_classes(counts)
+    m = centred_means(counts, means)
+    _, s, vh = torch.linalg.svd(m, full_matrices=False)
+    tol = (float(s[0]) if s.numel() else 0.0) * max(m.shape) * torch.finfo(torch.float64).eps
+    rank = min(int((s > tol).sum()), m.shape[0] - 1)
+    sigma_w = s_w / counts.double().sum()
+    if rank == 0:  # no between-class variance, as nc1's tr_B = 0: inf, or 0/0 = nan
+        return float("nan") if float(sigma_w.trace()) == 0.0 else float("inf")
+    v = vh[:rank]
+    return float((((v @ sigma_w) * v).sum(1) / s[:rank].square()).sum())
+
+
+def _cdnv_from_stats(counts, means, m2) -> float:
+    """Mean over class pairs c < c' of (var_c + var_c') / (2 ||mu_c - mu_c'||^2)."""
+    _require_all_classes(counts)
+    k = means.shape[0]
+    if k < 2:
+        return float("nan")
+    var = m2 / counts.double()
+    total = means.new_zeros(())
+    # One class against the later ones at a time: O(K d) memory, and the differences of the
+    # means taken directly (no ||a||^2 + ||b||^2 - 2ab cancellation for close means).
+    for c in range(k - 1):
+        dist = (means[c + 1 :] - means[c]).square().sum(1)
+        total = total + ((var[c] + var[c + 1 :]) / (2.0 * dist)).sum()
+    return float(total / (k * (k - 1) // 2))
 
 
 def _cosine_sum(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -182,6 +241,75 @@ def nc3(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> f
     if z.shape[0] == 0:
         raise ValueError("nc3 needs at least one sample")
     return float(_cosine_sum(z, y, w)) / z.shape[0]
+
+
+def nc1_papyan(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Papyan, Han & Donoho's NC1 = tr(Sigma_W Sigma_B^+) / K, Sigma_W and Sigma_B as in `nc1`,
+    ^+ the pseudo-inverse (rank tolerance: see `NCAccumulator.nc1_papyan`); inf (nan) if the
+    class means coincide and the within-class scatter is non-zero (zero). Raises ValueError if
+    a class is empty."""
+    z, y = _check_inputs(features, labels, num_classes)
+    counts, means, _, s_w = _class_stats(z, y, num_classes, scatter=True)
+    return _nc1_papyan_from_stats(counts, means, s_w)
+
+
+def cdnv(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Galanti et al.'s class-distance normalised variance: the mean over class pairs c < c' of
+    (var_c + var_c') / (2 ||mu_c - mu_c'||^2), var_c = the mean of ||z - mu_c||^2 over class c;
+    nan for one class. Raises ValueError if a class is empty."""
+    z, y = _check_inputs(features, labels, num_classes)
+    return _cdnv_from_stats(*_class_stats(z, y, num_classes))
+
+
+def equinorm(vectors: torch.Tensor) -> float:
+    """std / mean of the norms of the rows of `vectors` [K, d] (std with 1/K, not 1/(K-1)): 0
+    when they all have the same norm; nan when they are all zero."""
+    norms = _check_2d(vectors, "vectors").norm(dim=1)
+    mean = float(norms.mean()) if norms.numel() else 0.0
+    return float("nan") if mean == 0.0 else float(norms.std(correction=0)) / mean
+
+
+def equiangularity(vectors: torch.Tensor) -> float:
+    """Mean over pairs of rows c < c' of |cos(v_c, v_c') + 1/(K-1)|: 0 for the K rows of a
+    simplex ETF (all cosines -1/(K-1)). A zero row has cosine 0 with anything; nan for K < 2."""
+    v = _check_2d(vectors, "vectors")
+    k = v.shape[0]
+    if k < 2:
+        return float("nan")
+    unit = v / v.norm(dim=1, keepdim=True).clamp_min(_EPS)
+    i, j = torch.triu_indices(k, k, offset=1, device=v.device)
+    cos = (unit @ unit.T)[i, j]
+    return float((cos + 1.0 / (k - 1)).abs().mean())
+
+
+def self_duality(weight: torch.Tensor, centred: torch.Tensor) -> float:
+    """|| W / ||W||_F - M / ||M||_F ||_F^2 for the last weight W [K, d] and the centred class
+    means M [K, d] of its input (row c: class c): 0 when W is a positive multiple of M, at most 4;
+    nan when either is zero."""
+    w, m = _check_2d(weight, "weight"), _check_2d(centred, "centred")
+    if w.shape != m.shape:
+        raise ValueError(f"weight {tuple(w.shape)} and class means {tuple(m.shape)} differ in shape")
+    m = m.to(w.device)
+    w_norm, m_norm = float(torch.linalg.matrix_norm(w)), float(torch.linalg.matrix_norm(m))
+    if w_norm == 0.0 or m_norm == 0.0:
+        return float("nan")
+    return float((w / w_norm - m / m_norm).square().sum())
+
+
+def nearest_class_centre(features: torch.Tensor, means: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    """The class c minimising ||z_i - mu_c|| for each row z_i of `features` [n, d], with the class
+    means `means` [K, d]: long [n] (ties: the lowest class). `exact=False`: in the features'
+    precision."""
+    z = _check_2d(features, "features", exact)
+    mu = _check_2d(means, "means").to(device=z.device, dtype=z.dtype)
+    if mu.shape[1] != z.shape[1]:
+        raise ValueError(f"means have {mu.shape[1]} columns, the features {z.shape[1]}")
+    # argmin_c ||z - mu_c||^2 = argmin_c ||mu_c||^2 - 2 z . mu_c, after moving the origin to the
+    # mean of the centres: the norms, and so the cancellation in float32, are those of the
+    # spread of the features rather than of their common offset.
+    centre = mu.mean(0)
+    mu = mu - centre
+    return (mu.square().sum(1) - 2.0 * ((z - centre) @ mu.T)).argmin(1)
 
 
 def op_norm(x: torch.Tensor) -> float:
@@ -284,12 +412,14 @@ class NCAccumulator:
     M2_c = sum_i ||z_ci - mu_c||^2, combined with Chan's parallel algorithm:
     delta = mu_b - mu_a, mu = mu_a + delta n_b / n,
     M2 = M2_a + M2_b + ||delta||^2 n_a n_b / n. With `weight` ([K, d]) it also
-    sums cos(z_i, W[y_i]) for NC3. `merge` combines accumulators fed disjoint
-    data (e.g. from different processes). `exact=False`: each batch's statistics
-    in the features' precision (see the module docstring).
+    sums cos(z_i, W[y_i]) for NC3. `scatter=True` also keeps the within-class scatter
+    matrix S_W = sum_i (z_i - mu_{y_i})(z_i - mu_{y_i})^T ([d, d], O(d^2) memory), merged as
+    S_W = S_a + S_b + sum_c delta_c delta_c^T n_a n_b / n, for `nc1_papyan`. `merge` combines
+    accumulators fed disjoint data (e.g. from different processes). `exact=False`: each batch's
+    statistics in the features' precision (see the module docstring).
     """
 
-    def __init__(self, num_classes: int, weight: torch.Tensor | None = None, exact: bool = True):
+    def __init__(self, num_classes: int, weight: torch.Tensor | None = None, exact: bool = True, scatter: bool = False):
         if int(num_classes) != num_classes or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
         self.num_classes = int(num_classes)
@@ -301,6 +431,8 @@ class NCAccumulator:
         self.counts: torch.Tensor | None = None  # long [K]
         self.means: torch.Tensor | None = None  # float64 [K, d]
         self.m2: torch.Tensor | None = None  # float64 [K]
+        self.keeps_scatter = scatter
+        self.scatter: torch.Tensor | None = None  # float64 [d, d], with scatter=True
         self.cos_sum = 0.0
 
     @property
@@ -308,9 +440,11 @@ class NCAccumulator:
         """Number of samples seen."""
         return 0 if self.counts is None else int(self.counts.sum())
 
-    def _merge_stats(self, counts, means, m2) -> None:
+    def _merge_stats(self, counts, means, m2, scatter=None) -> None:
         if self.counts is None:
             self.counts, self.means, self.m2 = counts.clone(), means.clone(), m2.clone()
+            if self.keeps_scatter:
+                self.scatter = scatter.clone()
             return
         if means.shape != self.means.shape:
             raise ValueError(f"feature shapes differ: {tuple(self.means.shape)} vs {tuple(means.shape)}")
@@ -318,6 +452,9 @@ class NCAccumulator:
         n_a, n_b = self.counts.double(), counts.double()
         n = (n_a + n_b).clamp_min(1)  # empty in both: all correction terms are 0
         delta = means - self.means
+        if self.keeps_scatter:
+            weighted = delta * (n_a * n_b / n).unsqueeze(1)
+            self.scatter = self.scatter + scatter.to(self.scatter.device) + weighted.T @ delta
         self.means = self.means + delta * (n_b / n).unsqueeze(1)
         self.m2 = self.m2 + m2 + delta.pow(2).sum(1) * (n_a * n_b / n)
         self.counts = self.counts + counts
@@ -332,7 +469,7 @@ class NCAccumulator:
             # float64 even on the fast path: a mean cosine near 0 would lose its digits, and
             # this is one layer's [n, K] product.
             self.cos_sum += float(_cosine_sum(z.double(), y, self.weight))
-        self._merge_stats(*_class_stats(z, y, self.num_classes))
+        self._merge_stats(*_class_stats(z, y, self.num_classes, scatter=self.keeps_scatter))
 
     def _stats(self):
         if self.counts is None:
@@ -353,6 +490,25 @@ class NCAccumulator:
         _require_all_classes(counts)
         return _nc2_from_means(means)
 
+    def centred_means(self) -> torch.Tensor:
+        """The globally centred class means mu_c - mu_G, float64 [K, d] (mu_G: all samples' mean)."""
+        counts, means, _ = self._stats()
+        return centred_means(counts, means)
+
+    def nc1_papyan(self) -> float:
+        """tr(Sigma_W Sigma_B^+) / K, as `nc1_papyan` on all data seen (needs scatter=True).
+
+        Sigma_B^+ is the pseudo-inverse on the singular directions of the centred class means
+        above numpy's matrix_rank tolerance (s_1 max(K, d) eps), at most K - 1 of them."""
+        if not self.keeps_scatter:
+            raise ValueError("nc1_papyan needs the accumulator to be built with scatter=True")
+        counts, means, _ = self._stats()
+        return _nc1_papyan_from_stats(counts, means, self.scatter)
+
+    def cdnv(self) -> float:
+        """Mean over class pairs of (var_c + var_c') / (2 ||mu_c - mu_c'||^2), as `cdnv`."""
+        return _cdnv_from_stats(*self._stats())
+
     def nc3(self) -> float:
         """Mean cosine between z_i and W[y_i], as `nc3` on all data seen."""
         if self.weight is None:
@@ -362,12 +518,14 @@ class NCAccumulator:
         return self.cos_sum / self.count
 
     def state_dict(self) -> dict:
-        """Sufficient statistics: counts [K], means [K, d], m2 [K], cos_sum."""
+        """Sufficient statistics: counts [K], means [K, d], m2 [K], cos_sum and, with
+        scatter=True, the scatter matrix [d, d] (else None)."""
         return {
             "num_classes": self.num_classes,
             "counts": None if self.counts is None else self.counts.clone(),
             "means": None if self.means is None else self.means.clone(),
             "m2": None if self.m2 is None else self.m2.clone(),
+            "scatter": None if self.scatter is None else self.scatter.clone(),
             "cos_sum": self.cos_sum,
         }
 
@@ -382,7 +540,9 @@ class NCAccumulator:
         if other["num_classes"] != self.num_classes:
             raise ValueError(f"cannot merge: num_classes {self.num_classes} vs {other['num_classes']}")
         if other["counts"] is not None:
-            self._merge_stats(other["counts"], other["means"], other["m2"])
+            if self.keeps_scatter and other.get("scatter") is None:
+                raise ValueError("cannot merge: this accumulator keeps the scatter matrix, the other does not")
+            self._merge_stats(other["counts"], other["means"], other["m2"], other.get("scatter"))
         self.cos_sum += float(other["cos_sum"])
         return self
 

@@ -146,6 +146,17 @@ class Trainer(BaseModel):
     log_every_n_steps: PositiveInt = 50
 
 
+class ExtraMetrics(Section):
+    """Optional metrics from the literature, one switch per family (metric_pass's `extra`; the
+    keys are wdcollapse.keys.EXTRA's), all off: the default pass and its row are unchanged."""
+
+    papyan_nc1_cdnv: bool = False  # nc1_papyan/layer_l = tr(Sigma_W Sigma_B^+) / K, cdnv/layer_l
+    etf: bool = False  # nc2_equinorm/{features,weights}, nc2_equiangularity/{features,weights}
+    self_duality: bool = False  # nc3_duality
+    nc4: bool = False  # agreement with the nearest class centre: a second pass over the data
+    test_set: bool = False  # the metric pass on the test split too, its keys prefixed test/
+
+
 class Metrics(Section):
     target: str = Field(alias="_target_", default="wdcollapse.callbacks.MetricMonitor")
     schedule: Schedule = "log"  # log: num_points log-spaced epochs; every: every every_n epochs
@@ -154,6 +165,7 @@ class Metrics(Section):
     exact: bool = False  # float32 per chunk, float64 accumulation; true: float64 throughout
     test_acc: bool = True
     theory: Literal["auto"] | bool = "auto"
+    extra: ExtraMetrics = Field(default_factory=ExtraMetrics)
 
 
 class TheoryGD(Section):
