@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a bare checkout too
 
 from wdcollapse.config import CONF_DIR, register_resolvers  # noqa: E402
-from wdcollapse.reproduce import load_spec  # noqa: E402
+from wdcollapse.figures import preset_sweeps  # noqa: E402
 
 FULL_SET = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
 
@@ -59,7 +59,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     register_resolvers()
-    _, figures = load_spec("paper")
+    _, figures = preset_sweeps("paper")
     print(
         "| figure | runs | steps per run | CPU s/step (measured) | CPU hours (all runs) | "
         "GPU hours (ESTIMATE) |\n|---|---|---|---|---|---|"

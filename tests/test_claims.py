@@ -221,10 +221,11 @@ def test_report_and_figures_survive_diverged_and_missing_runs(tmp_path):
 
     import yaml
 
+    from wdcollapse.figures import FigureSweep
     from wdcollapse.report import make_figures, write_report
-    from wdcollapse.reproduce import Figure, figure_runs
+    from wdcollapse.reproduce import figure_runs
 
-    figure = Figure("mlp_mnist", "mlp_mnist", {"seed": "0,1,2"})
+    figure = FigureSweep("mlp_mnist", "mlp_mnist", {"seed": "0,1,2"})
     for seed, status in ((0, "finished"), (1, "diverged")):
         run = tmp_path / "runs" / "mlp_mnist" / f"seed={seed}"
         run.mkdir(parents=True)
@@ -252,8 +253,7 @@ def test_report_and_figures_survive_diverged_and_missing_runs(tmp_path):
 
 
 def test_report_settings_list_every_value_a_sweep_used_and_the_figures_open_architecture():
-    from types import SimpleNamespace
-
+    from wdcollapse.figures import FigureSweep
     from wdcollapse.report import settings_rows
 
     runs = []
@@ -263,18 +263,18 @@ def test_report_settings_list_every_value_a_sweep_used_and_the_figures_open_arch
         runs.append(run)
     rows = {
         key: (paper, ours)
-        for key, paper, ours in settings_rows(SimpleNamespace(experiment="nonlinear_depth_mnist"), runs)
+        for key, paper, ours in settings_rows(FigureSweep("nonlinear_depth_mnist", "nonlinear_depth_mnist", {}), runs)
     }
     assert rows["optim.momentum"] == ("not stated (ASSUMPTION)", "0, 0.9")  # both, not the first run's
     assert rows["model.linear_depth"] == ("not stated (ASSUMPTION)", "3")  # this figure's open architecture
     assert rows["optim.lr_drop_at"][0].startswith("0.8 (reported")
     assert rows["optim.weight_decay"][0] == "0.016 / L"
-    mlp = {key for key, _, _ in settings_rows(SimpleNamespace(experiment="mlp_mnist"), runs)}
+    mlp = {key for key, _, _ in settings_rows(FigureSweep("mlp_mnist", "mlp_mnist", {}), runs)}
     assert "model.linear_depth" not in mlp  # stated for the MLP figure
     for run, n, lr in zip(runs, (None, 500), (0.002, 0.0005)):
         run.config["data"] = {"num_per_class": n}
         run.config["optim"]["lr"] = lr
-    rows = {key: (paper, ours) for key, paper, ours in settings_rows(SimpleNamespace(experiment="theory_gd"), runs)}
+    rows = {key: (paper, ours) for key, paper, ours in settings_rows(FigureSweep("theory_gd", "theory_gd", {}), runs)}
     assert rows["data.num_per_class"][1] == "500, full training set"
     assert rows["optim.lr"][1] == "0.0005, 0.002"  # numeric order
     assert all(paper.startswith("n/a") for paper, _ in rows.values())  # not a figure of the paper

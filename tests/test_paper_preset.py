@@ -13,8 +13,8 @@ import pytest
 from conftest import REPO
 
 from wdcollapse.data.sources import CIFAR10_CLASSES
-from wdcollapse.figures import FIGURES
-from wdcollapse.reproduce import Figure, load_spec, multirun_command
+from wdcollapse.figures import FIGURES, FigureSweep, preset_sweeps
+from wdcollapse.reproduce import multirun_command
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +36,14 @@ def tiny_cifar(folder):
 
 
 def test_every_figure_of_the_paper_preset_trains_one_step(tmp_path):
-    _, figures = load_spec("paper")
+    _, figures = preset_sweeps("paper")
     # every figure that is judged by a claim (tests/test_claims.py names them)
     assert {f.name for f in figures} >= {spec.name for spec in FIGURES.values() if spec.claims}
     cifar = tiny_cifar(tmp_path / "cifar")
     env = {**os.environ, "WANDB_MODE": "disabled"}
     for figure in figures:
         # the first point of each sweep, with the preset's own settings otherwise
-        first = Figure(
+        first = FigureSweep(
             figure.name,
             figure.experiment,
             {k: v.split(",")[0] for k, v in figure.sweep.items()},

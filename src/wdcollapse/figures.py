@@ -1,12 +1,18 @@
 """The registry of figures: each of the paper's figures (and our theory_gd experiment) defined
-once, with its experiment config, its plotter, the claims it is judged by and what the paper
-states of its settings. Which runs a preset sweeps for a figure is in
-conf/reproduce/<preset>.yaml under the same name; docs/claims.md describes all of it in prose.
+once, with its experiment config, its plotter, the claims it is judged by, what the paper states
+of its settings (FIGURES) and, per preset, the runs it sweeps (preset_sweeps: read from
+conf/reproduce/<preset>.yaml, where each figure's settings sit beside the ASSUMPTION and
+REDUCTION notes that explain them). docs/claims.md describes all of it in prose.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
+
+from omegaconf import OmegaConf
+
+from .config import CONF_DIR
 
 
 @dataclass(frozen=True)
@@ -107,3 +113,51 @@ def figure_spec(name: str) -> FigureSpec:
         raise SystemExit(
             f"error: no figure {name!r} in wdcollapse.figures.FIGURES; choose one of {sorted(FIGURES)}"
         ) from None
+
+
+@dataclass
+class FigureSweep:
+    """What one preset runs of a figure: a Hydra multirun of its experiment."""
+
+    name: str
+    experiment: str
+    sweep: dict[str, str]
+    overrides: list[str] = field(default_factory=list)
+    needs: str | None = None
+    use_preset: bool = True  # theory_gd sets its own widths and data size: no preset
+
+    def combinations(self) -> list[dict[str, str]]:
+        keys = list(self.sweep)
+        values = [str(self.sweep[k]).split(",") for k in keys]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+    @property
+    def num_runs(self) -> int:
+        return len(self.combinations())
+
+    @property
+    def spec(self) -> FigureSpec:
+        return figure_spec(self.experiment)
+
+
+def preset_sweeps(preset: str) -> tuple[int, list[FigureSweep]]:
+    """(parallel jobs, each figure's sweep) of a preset: conf/reproduce/<preset>.yaml."""
+    path = CONF_DIR / "reproduce" / f"{preset}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise SystemExit(f"error: unknown preset {preset!r}; choose one of {available}")
+    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    for f in spec["figures"].values():
+        figure_spec(f["experiment"])  # every figure's plotter and claims are registered
+    figures = [
+        FigureSweep(
+            name,
+            f["experiment"],
+            {k: str(v) for k, v in f.get("sweep", {}).items()},
+            list(f.get("overrides", [])),
+            f.get("needs"),
+            bool(f.get("use_preset", True)),
+        )
+        for name, f in spec["figures"].items()
+    ]
+    return int(spec.get("jobs", 2)), figures

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import claims, fits, keys, theorems
-from .figures import FIGURES, figure_spec
+from .figures import FIGURES
 from .io import atomic_write_json, atomic_write_text, read_json
 from .plots.depth_sweeps import plot_linear_depth_sweep, plot_nonlinear_depth_sweep
 from .plots.theory import plot_theorem31, plot_two_phases
@@ -50,7 +50,7 @@ def make_figures(out: Path, figures, runs_of: Callable) -> list[Path]:
     fig_dir = out / "figures"
     made: list[Path] = []
     for figure in figures:
-        runs, spec = runs_of(figure), figure_spec(figure.experiment)
+        runs, spec = runs_of(figure), figure.spec
         stem = fig_dir / figure.name
         if spec.plot == "training":
             made += plot_training_curves(runs, f"{stem}_curves", spec.first_plotted_layer, spec.title)
@@ -75,7 +75,7 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
     """(setting, the paper's value, ours) for what the paper states and what it leaves open."""
     if not runs:
         return []
-    spec = figure_spec(figure.experiment)
+    spec = figure.spec
     paper = spec.paper
     rows = []
     ours_experiment = spec.ours
@@ -128,7 +128,7 @@ def decide_claims(figures, runs_of: Callable, skipped: dict | None = None) -> li
     its runs; a skipped figure's claims are listed too, with passed = None and the reason."""
     decided = []
     for figure in figures:
-        decided += claims.judge(figure_spec(figure.experiment), runs_of(figure))
+        decided += claims.judge(figure.spec, runs_of(figure))
     for name, why in (skipped or {}).items():
         if name in FIGURES:
             decided += [{**c, "evidence": {"runs": 0, "why": why}} for c in claims.judge(FIGURES[name], [])]
@@ -140,7 +140,7 @@ def theory_checks(figures, runs_of: Callable) -> list[dict]:
     and theory_gd), and theory_gd's fitted balancing rate against (1 - eta lambda)^2."""
     checks = []
     for figure in figures:
-        spec = figure_spec(figure.experiment)
+        spec = figure.spec
         if not spec.theorem31:
             continue
         runs = [r for r in runs_of(figure) if r.status == "finished"]

@@ -15,67 +15,22 @@ Re-running skips finished runs, resumes killed ones, and re-plots.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from .config import CONF_DIR, default_data_dir
-from .figures import figure_spec
+from .config import default_data_dir
+from .figures import FigureSweep, preset_sweeps
 from .runs import Run, load_runs
 
 TERMINAL = ("finished", "diverged", "failed")
 SETTLED = ("finished", "diverged")  # a failed run is tried again when the figure is re-run
 
 
-@dataclass
-class Figure:
-    name: str
-    experiment: str
-    sweep: dict[str, str]
-    overrides: list[str] = field(default_factory=list)
-    needs: str | None = None
-    use_preset: bool = True  # theory_gd sets its own widths and data size: no preset
-
-    def combinations(self) -> list[dict[str, str]]:
-        keys = list(self.sweep)
-        values = [str(self.sweep[k]).split(",") for k in keys]
-        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
-
-    @property
-    def num_runs(self) -> int:
-        return len(self.combinations())
-
-
-def load_spec(preset: str) -> tuple[int, list[Figure]]:
-    path = CONF_DIR / "reproduce" / f"{preset}.yaml"
-    if not path.exists():
-        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise SystemExit(f"error: unknown preset {preset!r}; choose one of {available}")
-    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    for f in spec["figures"].values():
-        figure_spec(f["experiment"])  # every figure's plotter and claims are registered
-    figures = [
-        Figure(
-            name,
-            f["experiment"],
-            {k: str(v) for k, v in f.get("sweep", {}).items()},
-            list(f.get("overrides", [])),
-            f.get("needs"),
-            bool(f.get("use_preset", True)),
-        )
-        for name, f in spec["figures"].items()
-    ]
-    return int(spec.get("jobs", 2)), figures
-
-
-def matches_sweep(run: Run, figure: Figure) -> bool:
+def matches_sweep(run: Run, figure: FigureSweep) -> bool:
     """Whether a run directory belongs to the figure's current sweep (old sweeps may linger)."""
     for key, values in figure.sweep.items():
         node = run.get(key)
@@ -97,17 +52,17 @@ def _is_number(value) -> bool:
         return False
 
 
-def figure_runs(out: Path, figure: Figure) -> list[Run]:
+def figure_runs(out: Path, figure: FigureSweep) -> list[Run]:
     return [r for r in load_runs(out / "runs" / figure.name) if matches_sweep(r, figure)]
 
 
-def run_subdir(figure: Figure) -> str:
+def run_subdir(figure: FigureSweep) -> str:
     """A run directory's name: the values of the figure's swept settings only (`seed=0`), so that
     its fixed overrides cannot make names too long for the file system."""
     return "'" + ",".join(f"{key}=${{{key}}}" for key in figure.sweep) + "'"
 
 
-def wandb_overrides(figure: Figure, preset: str) -> list[str]:
+def wandb_overrides(figure: FigureSweep, preset: str) -> list[str]:
     """The W&B run of each job carries its figure, preset and swept values as config and tags
     (`seed=0`), so that grouping and filters in W&B rebuild a figure's lines and bands."""
     tags = [f"figure={figure.name}", f"preset={preset}", *(f"{k}=${{{k}}}" for k in figure.sweep)]
@@ -115,7 +70,7 @@ def wandb_overrides(figure: Figure, preset: str) -> list[str]:
     return [f"+logger.wandb.tags=[{quoted}]", f"+logger.wandb.config={{figure:{figure.name},preset:{preset}}}"]
 
 
-def multirun_command(figure: Figure, preset: str, sweep_dir: Path, jobs: int, extra: list[str]) -> list[str]:
+def multirun_command(figure: FigureSweep, preset: str, sweep_dir: Path, jobs: int, extra: list[str]) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -138,7 +93,7 @@ def multirun_command(figure: Figure, preset: str, sweep_dir: Path, jobs: int, ex
 class Progress(threading.Thread):
     """Prints which runs of a figure are done and running, every `every` seconds."""
 
-    def __init__(self, figure: Figure, out: Path, every: float = 30.0):
+    def __init__(self, figure: FigureSweep, out: Path, every: float = 30.0):
         super().__init__(daemon=True)
         self.figure, self.out, self.every = figure, out, every
         self.stop = threading.Event()
@@ -162,7 +117,7 @@ class Progress(threading.Thread):
             print(self.report(), flush=True)
 
 
-def run_figure(figure: Figure, preset: str, out: Path, jobs: int, extra: list[str]) -> bool:
+def run_figure(figure: FigureSweep, preset: str, out: Path, jobs: int, extra: list[str]) -> bool:
     """Run the figure's multirun unless every run of it already finished; True on success."""
     sweep_dir = out / "runs" / figure.name
     runs = figure_runs(out, figure)
@@ -236,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    jobs, figures = load_spec(args.preset)
+    jobs, figures = preset_sweeps(args.preset)
     jobs = args.jobs or jobs
     out = Path(args.out) if args.out else Path("outputs") / "reproduce" / args.preset
     out.mkdir(parents=True, exist_ok=True)
@@ -265,10 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     made = make_figures(out, reported, lambda f: loaded[f.name])
     report = write_report(out, args.preset, reported, lambda f: loaded[f.name], skipped)
     if args.wandb != "disabled":
-        from .figures import figure_spec
         from .wandb_log import log_figure_runs
 
-        specs = [figure_spec(f.experiment) for f in reported]
+        specs = [f.spec for f in reported]
         logged = log_figure_runs(out, args.preset, specs, report["claims"], out / "REPORT.md", mode=args.wandb)
         print(f"W&B: {len(logged)} figure runs under {out / 'wandb'} ({args.wandb})")
     print(f"\nfigures: {out / 'figures'} ({len(made)} files)")
