@@ -111,7 +111,7 @@ class MetricMonitor(Callback):
     `theory` adds Theorem 3.1's `theory/*` quantities (see wdcollapse.theorems): auto = for
     models with a linear head of >= 2 layers, true, or false. `exact=False` computes each
     chunk's statistics in float32 and accumulates them in float64 (about 1e-7 relative to the
-    float64 path, 1.6x faster).
+    float64 path, and faster).
 
     Under data parallelism (Lightning's DDP) each rank runs the metric pass on its share of
     the chunks of the training (and test) set and the ranks' accumulated statistics are

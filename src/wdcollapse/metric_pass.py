@@ -112,7 +112,7 @@ def metric_pass(
     observer with a `layers` attribute (0-based layer indices) gets a trace holding only those
     layers (None elsewhere) and the output.
     `exact=False` computes each batch's statistics in the network's precision and only
-    accumulates them in float64 (the accumulators' fast path: ~1.6x faster, ~1e-7 relative).
+    accumulates them in float64 (the accumulators' fast path: ~1e-7 relative).
 
     `reduce` (data parallelism) combines the passes of several processes, each fed a disjoint
     share of the data: it is given this process's accumulated state and returns every

@@ -81,7 +81,7 @@ class CollapseModule(pl.LightningModule):
 
         Optimization is manual: each `training_step` receives a *group* of consecutive batches
         (a list of (x, y); see `data.tensors.StepGroups`) and takes one optimizer step per batch,
-        so Lightning's fixed cost per call (~0.4 ms of hooks) is paid once per group. The
+        so Lightning's fixed cost per call (its hooks) is paid once per group. The
         results are those of one step per call; `trainer.global_step` counts optimizer steps.
         The training losses are summed on the device (`epoch_loss_sum`) for `DivergenceGuard`,
         which reads them once per epoch: no host synchronisation per step."""
@@ -183,7 +183,7 @@ def build_optimizer(params, optim: dict, steps_per_epoch: int, max_epochs: int):
 
 
 def migrate_step_counter(checkpoint: dict) -> None:
-    """Checkpoints written before optimization became manual (session 1) count optimizer steps
+    """Checkpoints of the automatic optimization loop count optimizer steps
     in the automatic loop's progress; under manual optimization `trainer.global_step` reads the
     manual loop's, which would restart at 0 (metrics rows' `step` going backwards, theory_gd
     dropping its steps.jsonl). Copies the count over, in place, when the manual one is empty."""

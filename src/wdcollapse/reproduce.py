@@ -1,7 +1,7 @@
 """Regenerate the paper's figures: one Hydra multirun per figure -> run directories -> plots ->
 claims report.
 
-    make reproduce                                  # MNIST figures, cpu preset (< 1 h, 2 cores)
+    make reproduce                                  # MNIST figures, cpu preset (2 cores)
     make reproduce PRESET=smoke                     # the whole pipeline in minutes
     make reproduce PRESET=paper                     # the paper's settings (meant for a GPU)
     make reproduce CIFAR=path/to/cifar10-jpg.tar.gz     # also the CIFAR-10 figures

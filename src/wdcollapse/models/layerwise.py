@@ -92,8 +92,8 @@ class LayerwiseNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Z_0, the trunk's output. Outside training, a trunk with an `eval_chunk` attribute
         runs on the CPU in pieces of that many samples: a conv trunk's activations then stay in
-        the cache (ResNet20: 3x faster on 64 images at a time than on a 4096-image chunk of
-        the metric pass). In training mode never: BatchNorm's statistics are the batch's. Nor
+        the cache (ResNet20: BENCHMARKS.md compares piece sizes against whole 4096-image chunks
+        of the metric pass). In training mode never: BatchNorm's statistics are the batch's. Nor
         inside torch.compile (`compile=true`): the loop would put a copy of the trunk per piece
         into the graph."""
         piece = getattr(self.trunk, "eval_chunk", None)
