@@ -5,7 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PRESET ?= cpu
 STAMP := $(VENV)/.installed
-DATA_DIR ?= data
+# where the data is prepared and where training reads it (wdcollapse's default: $WDCOLLAPSE_DATA_DIR, else ./data)
+DATA_DIR ?= $(or $(WDCOLLAPSE_DATA_DIR),data)
+export WDCOLLAPSE_DATA_DIR := $(abspath $(DATA_DIR))
 # the tested versions (pyproject.toml allows any newer ones)
 TORCH := 2.14.1
 TORCHVISION := 0.29.1

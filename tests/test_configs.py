@@ -167,3 +167,14 @@ def test_every_file_the_readme_assumption_table_cites_exists_and_marks_assumptio
             if path.suffix == ".yaml" and path.name != "mlp_mnist.yaml":  # the MLP figure's settings are stated
                 text = path.read_text()
                 assert "ASSUMPTION" in text or "REDUCTION" in text, f"{path} marks no assumption"
+
+
+def test_command_line_sweeps_with_prefixes_quotes_and_a_bad_search_path():
+    from wdcollapse.config import check_command_line
+
+    check_command_line(["-m", "model='mlp',resnet20"])  # a quoted choice is its text
+    with pytest.raises(ConfigError, match="An item is already at 'seed'"):
+        check_command_line(["-m", "+seed=1,2"])  # as Hydra itself refuses it
+    check_command_line(["-m", "++seed=1,2"])
+    with pytest.raises(ConfigError, match="hydra.searchpath must be a list"):
+        check_command_line(["hydra.searchpath=notalist", "model=mlp"])

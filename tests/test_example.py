@@ -81,3 +81,14 @@ def test_hooked_network_is_a_measured_network_and_refuses_what_it_cannot_measure
         HookedNetwork(model, ["trunk.conv1", "head.5"], linear_depth=1)
     with pytest.raises(ValueError, match="linear_depth=3 but only 2"):
         HookedNetwork(model, ["head.4", "head.5"], linear_depth=3)
+
+
+def test_hooked_network_keeps_the_pre_activation_under_an_in_place_relu():
+    net = torch.nn.Sequential(
+        torch.nn.Linear(5, 7, bias=False), torch.nn.ReLU(inplace=True), torch.nn.Linear(7, 3, bias=False)
+    )
+    hooked = HookedNetwork(net, ["0", "2"], linear_depth=1)
+    x = torch.randn(16, 5)
+    (pre, out), _ = list(hooked.iter_layers(x))
+    assert torch.equal(pre, x @ net[0].weight.T) and pre.min() < 0
+    assert torch.equal(out, pre.clamp(min=0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import uuid
@@ -154,10 +156,11 @@ def check_command_line(argv: list[str]) -> None:
 
     from .rundir import check_output_override
 
-    try:
-        args = get_args_parser().parse_args(argv)
+    try:  # quietly: Hydra parses the same argv again and prints its own usage message
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            args = get_args_parser().parse_args(argv)
     except SystemExit:
-        return  # a flag Hydra does not know: its own usage message
+        return
     queries = (args.help, args.hydra_help, args.cfg, args.info, args.shell_completion)
     if any(queries) or args.config_path is not None or args.experimental_rerun is not None:
         return  # a query, or a config path relative to a caller: Hydra's own handling
@@ -177,18 +180,24 @@ def check_command_line(argv: list[str]) -> None:
             value = next(iter(o.sweep_string_iterator()), None) if isinstance(o.value(), ChoiceSweep) else None
             if value is None:  # range(), glob(): Hydra expands and checks those itself
                 continue
-            first.append(f"{'+' if o.is_add() else ''}{o.get_key_element()}={value}")
+            first.append(f"{o.get_key_element()}={value}")  # the key element holds +, ++ or ~
         else:
             first.append(o.input_line)
         if "." in o.key_or_group or o.is_delete() or not isinstance(o.value(), (str, ChoiceSweep)):
             continue
-        options = loader.get_group_options(o.key_or_group, config_name=config_name, overrides=searchpath)
+        if "${" in str(o.value()):
+            continue  # an interpolation: Hydra resolves it
+        try:
+            options = loader.get_group_options(o.key_or_group, config_name=config_name, overrides=searchpath)
+        except (HydraException, OmegaConfBaseException, ValueError) as e:
+            raise ConfigError(str(e).strip().splitlines()[0].rstrip(".")) from None
         if not options:
             continue  # not a config group
-        values = list(o.sweep_string_iterator()) if isinstance(o.value(), ChoiceSweep) else [str(o.value())]
-        for value in values:
+        items = o.value().list if isinstance(o.value(), ChoiceSweep) else [o.value()]
+        values = [getattr(v, "text", v) for v in items]  # a QuotedString's text
+        for value in values:  # the parsed values: quotes removed
             _require(
-                value in options or value == "null",
+                value in options,
                 o.key_or_group,
                 value,
                 f"one of {options} (the {o.key_or_group}/ configs on the search path: the package's"

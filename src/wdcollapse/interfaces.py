@@ -104,7 +104,9 @@ class HookedNetwork:
             def record(_module, args, output):
                 if outputs[l] is not None:
                     raise RuntimeError(f"layer {self.names[l]!r} ran twice in one forward pass; name each use once")
-                inputs[l], outputs[l] = args[0], output
+                # a copy: an in-place activation after the layer (ReLU(inplace=True)) would
+                # otherwise turn the stored W_l Z_{l-1} into Z_l
+                inputs[l], outputs[l] = args[0], output.clone()
 
             return record
 
