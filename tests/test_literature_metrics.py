@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import cpu_trainer
 from pydantic import ValidationError
+from test_metrics import ref_class_means, ref_covariances
 
 from wdcollapse import metrics, schema
 from wdcollapse.callbacks import MetricMonitor
@@ -51,37 +52,22 @@ def family_keys(family: str, num_layers: int) -> set[str]:
 # float64 NumPy references on the full feature matrix z [N, d], labels y [N]
 
 
-def ref_means(z, y, k):
-    return np.stack([z[y == c].mean(axis=0) for c in range(k)])
-
-
 def ref_nc1_papyan(z, y, k):
     """tr(Sigma_W Sigma_B^+) / K with explicit covariance matrices and numpy's pseudo-inverse."""
-    n, d = z.shape
-    means = ref_means(z, y, k)
-    mu_g = z.mean(axis=0)
-    sigma_w = np.zeros((d, d))
-    for c in range(k):
-        dev = z[y == c] - means[c]
-        sigma_w += dev.T @ dev
-    sigma_w /= n
-    sigma_b = np.zeros((d, d))
-    for c in range(k):
-        sigma_b += np.outer(means[c] - mu_g, means[c] - mu_g)
-    sigma_b /= k
+    sigma_w, sigma_b = ref_covariances(z, y, k)
     return np.trace(sigma_w @ np.linalg.pinv(sigma_b, rcond=1e-10, hermitian=True)) / k
 
 
 def ref_cdnv(z, y, k):
     """Mean over pairs c < c' of (var_c + var_c') / (2 ||mu_c - mu_c'||^2)."""
-    means = ref_means(z, y, k)
+    means = ref_class_means(z, y, k)
     var = [np.mean(np.sum((z[y == c] - means[c]) ** 2, axis=1)) for c in range(k)]
     pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
     return np.mean([(var[a] + var[b]) / (2 * np.sum((means[a] - means[b]) ** 2)) for a, b in pairs])
 
 
 def ref_centred_means(z, y, k):
-    return ref_means(z, y, k) - z.mean(axis=0)
+    return ref_class_means(z, y, k) - z.mean(axis=0)
 
 
 def ref_equinorm(v):
@@ -100,7 +86,7 @@ def ref_duality(w, m):
 
 
 def ref_nc4(z, y, k, output):
-    means = ref_means(z, y, k)
+    means = ref_class_means(z, y, k)
     dist = ((z[:, None, :] - means[None, :, :]) ** 2).sum(axis=2)
     return np.mean(dist.argmin(axis=1) == output.argmax(axis=1))
 
@@ -210,7 +196,7 @@ def test_pure_functions_match_the_reference(exact):
     assert metrics.equiangularity(w) == pytest.approx(ref_equiangularity(numpy64(w)), rel=1e-12)
     m = ref_centred_means(zn, yn, 4)
     assert metrics.self_duality(w, torch.from_numpy(m)) == pytest.approx(ref_duality(numpy64(w), m), rel=1e-12)
-    means = torch.from_numpy(ref_means(zn, yn, 4))
+    means = torch.from_numpy(ref_class_means(zn, yn, 4))
     dist = ((zn[:, None, :] - means.numpy()[None]) ** 2).sum(axis=2)
     assert torch.equal(metrics.nearest_class_centre(z, means, exact=exact), torch.from_numpy(dist.argmin(axis=1)))
     # the accumulator's streaming statistics, merged over uneven batches, give the same values

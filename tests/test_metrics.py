@@ -31,7 +31,9 @@ def ref_class_means(z, y, k):
     return np.stack([z[y == c].mean(axis=0) for c in range(k)])
 
 
-def ref_nc1(z, y, k):
+def ref_covariances(z, y, k):
+    """(Sigma_W, Sigma_B): within-class covariance over all N samples, class means around the
+    global mean over the K classes, as explicit loops."""
     n, d = z.shape
     means = ref_class_means(z, y, k)
     mu_g = z.mean(axis=0)
@@ -45,6 +47,11 @@ def ref_nc1(z, y, k):
         v = (means[c] - mu_g)[:, None]
         sigma_b += v @ v.T
     sigma_b /= k
+    return sigma_w, sigma_b
+
+
+def ref_nc1(z, y, k):
+    sigma_w, sigma_b = ref_covariances(z, y, k)
     return np.trace(sigma_w) / np.trace(sigma_b)
 
 

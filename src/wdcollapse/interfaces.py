@@ -57,7 +57,16 @@ def missing(obj, protocol) -> list[str]:
     return [m for m in members if not hasattr(obj, m)]
 
 
-class HookedNetwork:
+class PaperLayout:
+    """`is_linear` of the paper's layout: layers 1..nonlinear_depth are activated, the rest
+    (linear_depth layers) form the linear head."""
+
+    @property
+    def is_linear(self) -> list[bool]:
+        return [l >= self.nonlinear_depth for l in range(self.num_layers)]
+
+
+class HookedNetwork(PaperLayout):
     """`MeasuredNetwork` for named submodules of any module: `layers` are names from
     `module.named_modules()` ("head.0", "fc", ...) of fully connected layers (2-D weights), in
     forward order; the last `linear_depth` of them form the linear head. Z_l is what layer l+1
@@ -87,10 +96,6 @@ class HookedNetwork:
     @property
     def weights(self) -> list[torch.Tensor]:
         return [m.weight for m in self.modules]
-
-    @property
-    def is_linear(self) -> list[bool]:
-        return [l >= self.nonlinear_depth for l in range(self.num_layers)]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..interfaces import PaperLayout
 from ..schema import Init, names
 from .activations import make_activation
 
@@ -45,7 +46,7 @@ def layer_widths(width: int | list[int], num_layers: int, num_classes: int) -> l
     return hidden + [num_classes]
 
 
-class LayerwiseNet(nn.Module):
+class LayerwiseNet(PaperLayout, nn.Module):
     def __init__(
         self,
         trunk: nn.Module,
@@ -84,10 +85,6 @@ class LayerwiseNet(nn.Module):
     def weights(self) -> list[torch.Tensor]:
         """W_1..W_L in PyTorch's [n_l, n_{l-1}] layout."""
         return [layer.weight for layer in self.layers]
-
-    @property
-    def is_linear(self) -> list[bool]:
-        return [l >= self.nonlinear_depth for l in range(self.num_layers)]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Z_0, the trunk's output. Outside training, a trunk with an `eval_chunk` attribute
