@@ -256,11 +256,8 @@ def _nc4_pass(net, batches, means: torch.Tensor, penultimate: int, exact: bool, 
         agree = agree + (metrics.nearest_class_centre(z, means, exact) == out.argmax(1)).sum()
         count += len(y)
         del z, out  # one chunk's features alive at a time, as in the first pass
-    counts = (int(agree), count)
-    if reduce is not None:
-        shares = reduce(counts)
-        counts = (sum(s[0] for s in shares), sum(s[1] for s in shares))
-    return counts[0] / counts[1] if counts[1] else float("nan")
+    hits, total = summed_counts((int(agree), count), reduce)
+    return hits / total if total else float("nan")
 
 
 @torch.no_grad()
@@ -274,7 +271,13 @@ def accuracy(
     for x, y in batches:
         correct += int((net(x).argmax(1) == y).sum())
         count += len(y)
-    if reduce is not None:
-        pairs = reduce((correct, count))
-        correct, count = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    correct, count = summed_counts((correct, count), reduce)
     return correct / max(count, 1)
+
+
+def summed_counts(counts: tuple[int, int], reduce: Callable[[object], list] | None) -> tuple[int, int]:
+    """(hits, samples) summed over the processes that `reduce` gathers (this one's alone without)."""
+    if reduce is None:
+        return counts
+    shares = reduce(counts)
+    return sum(s[0] for s in shares), sum(s[1] for s in shares)
