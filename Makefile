@@ -12,7 +12,7 @@ export WDCOLLAPSE_DATA_DIR := $(abspath $(DATA_DIR))
 TORCH := 2.14.1
 TORCHVISION := 0.29.1
 
-.PHONY: lint install data fashion-mnist cifar10 test reproduce bench bench-gpu bench-resnet-cpu fault-drill clean
+.PHONY: lint install data fashion-mnist cifar10 test reproduce bench bench-gpu bench-resnet-cpu bench-mlp-cpu fault-drill clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ bench-gpu: install
 	$(PY) scripts/gpu_bench.py
 
 # gpu_bench.py's ResNet20 and MLP settings on the CPU, on 2,000 images (about 4 minutes)
+bench-mlp-cpu: install
+	$(PY) scripts/gpu_bench.py --rounds 3 --out outputs/bench/cpu_mlp.json \
+		--only mlp_b128_fp32 mlp_b128_bf16 mlp_b256_fp32 mlp_b256_bf16
+
 bench-resnet-cpu: install
 	$(PY) scripts/gpu_bench.py --num-per-class 200 --rounds 2 --out outputs/bench/cpu_resnet.json \
 		--only resnet20_b128_fp32 resnet20_b128_bf16_cl resnet20_b512_fp32 resnet20_b512_bf16_cl \

@@ -42,6 +42,8 @@ SETTINGS = {
     "mlp_b128_fp32_1step": ("mlp", 128, "32-true", False, False, 1),
     "mlp_b128_bf16": ("mlp", 128, "bf16-mixed", False, False, 16),
     "mlp_b128_fp32_compile": ("mlp", 128, "32-true", False, True, 16),
+    "mlp_b256_fp32": ("mlp", 256, "32-true", False, False, 16),
+    "mlp_b256_bf16": ("mlp", 256, "bf16-mixed", False, False, 16),  # the MLP figure at CPU scale
     "resnet20_b128_fp32": ("resnet20", 128, "32-true", False, False, 16),
     "resnet20_b128_bf16_cl": ("resnet20", 128, "bf16-mixed", True, False, 16),
     "resnet20_b512_fp32": ("resnet20", 512, "32-true", False, False, 16),

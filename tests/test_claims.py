@@ -4,6 +4,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from wdcollapse import claims
@@ -103,6 +104,51 @@ def test_claim2_passes_for_collapse_and_fails_for_each_missing_part():
     # one seed's off-diagonal Gram fails the mean of two (0.05 and 0.45: 0.25)
     assert claims.claim2_collapse([collapse_run(), collapse_run(offdiag=0.45)])["passed"] is False
     assert claims.claim2_collapse([])["passed"] is None
+
+
+def test_gram_power_matches_the_closed_form_of_an_equicorrelated_gram():
+    # G = (1 - c) I + c 11^T has eigenvalues 1 + 9c (on 1) and 1 - c: G^p's cosine in closed form
+    c, p = 0.6, 1 / 3
+    gram = (1 - c) * np.eye(10) + c * np.ones((10, 10))
+    big, small = (1 + 9 * c) ** p, (1 - c) ** p
+    off, diag = (big - small) / 10, 0.9 * small + big / 10
+    assert claims.max_offdiag_cosine(claims.gram_power(gram, p)) == pytest.approx(off / diag, rel=1e-12)
+    assert claims.gram_power(gram, 1.0) == pytest.approx(gram, abs=1e-12)
+
+
+def head_run(balanced: bool, L1=2, width=16, K=10, seed=0):
+    """Class means M of the backbone's output Z_(L1) (positive, like ReLU features) and a 3-layer
+    linear head whose product maps them onto the one-hot targets exactly: balanced (the SVD's
+    S^(1/3) in every layer) or not (the whole map in the first layer, identities after it)."""
+    rng = np.random.default_rng(seed)
+    means = np.abs(rng.normal(size=(width, K))) + 0.5
+    A = np.linalg.pinv(means)  # A M = I
+    U, S, Vt = np.linalg.svd(A, full_matrices=False)
+    if balanced:
+        R1, R2 = (np.linalg.qr(rng.normal(size=(K, K)))[0] for _ in range(2))
+        W = [R1 @ np.diag(S ** (1 / 3)) @ Vt, R2 @ np.diag(S ** (1 / 3)) @ R1.T, U @ np.diag(S ** (1 / 3)) @ R2.T]
+    else:
+        W = [A, np.eye(K), np.eye(K)]
+    Z = [means, W[0] @ means, W[1] @ W[0] @ means]
+    assert W[2] @ Z[2] == pytest.approx(np.eye(K), abs=1e-9)
+    grams = {f"layer_{L1 + i}": (z.T @ z).tolist() for i, z in enumerate(Z)}
+    grams[f"preact_{L1}"] = grams[f"layer_{L1}"]
+    rows = [{"epoch": 0, f"nc1/layer_{L1 + 2}": 0.01, f"nc2/layer_{L1 + 1}": 1.2, f"nc2/layer_{L1 + 2}": 1.2}]
+    return fake_run(L1, 3, rows, grams={"epoch": 0, "grams": grams})
+
+
+def test_claim2_evidence_predicts_a_balanced_heads_last_gram_from_the_backbone():
+    seed = claims.claim2_collapse([head_run(balanced=True)])["evidence"]["per_seed"][0]
+    measured = seed["gram_max_offdiag_cosine"]["layer_4"]
+    assert seed["balanced_head_prediction"] == pytest.approx(measured, rel=1e-9)
+    assert seed["backbone_max_offdiag_cosine"] > measured > 0.05
+    # the same targets through an unbalanced head: its last Gram is the identity, not the prediction
+    other = claims.claim2_collapse([head_run(balanced=False)])["evidence"]["per_seed"][0]
+    assert other["gram_max_offdiag_cosine"]["layer_4"] == pytest.approx(0.0, abs=1e-9)
+    assert other["balanced_head_prediction"] == pytest.approx(measured, rel=1e-9)
+    assert "from the backbone's features gives" in claims.claim2_collapse([head_run(balanced=True)])["deciding"]
+    # no Gram of Z_(L1) (older runs): no prediction, and the verdict is unchanged
+    assert claims.claim2_collapse([collapse_run()])["evidence"]["per_seed"][0]["balanced_head_prediction"] is None
 
 
 def test_claim3_and_claim4_follow_the_direction_of_the_trend():

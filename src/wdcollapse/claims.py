@@ -168,6 +168,26 @@ def max_offdiag_cosine(gram) -> float:
     return float(np.abs(cos).max())
 
 
+def gram_power(gram, p: float) -> np.ndarray:
+    """G^p of a symmetric positive semi-definite Gram matrix (negative eigenvalues, round-off,
+    clipped to 0)."""
+    w, v = np.linalg.eigh(np.asarray(gram, dtype=float))
+    return (v * np.clip(w, 0.0, None) ** p) @ v.T
+
+
+def balanced_head_prediction(run: Run) -> float | None:
+    """The largest class-mean cosine that a balanced linear head at its weight-decay optimum
+    gives its last Gram, from the backbone's own output Z_(L1): with W_(l+1)^T W_(l+1) =
+    W_l W_l^T and the outputs' class-mean Gram ~ identity, the Gram of Z_l is
+    Gram(Z_(L1))^((L - l) / L2), so that of Z_(L-1) is Gram(Z_(L1))^(1 / L2). None where the
+    run has no Gram of Z_(L1) or no linear head of at least two layers."""
+    n, L = run.nonlinear_depth, run.num_layers
+    gram = (run.grams or {}).get("grams", {}).get(keys.gram(n))
+    if gram is None or n < 1 or L - n < 2:
+        return None
+    return max_offdiag_cosine(gram_power(gram, 1.0 / (L - n)))
+
+
 def claim2_collapse(runs: list[Run]) -> dict:
     statement = (
         "NC1 at the penultimate layer falls to small values; NC2 approaches 1 in the linear head; "
@@ -194,6 +214,13 @@ def claim2_collapse(runs: list[Run]) -> dict:
                 "nc2_fall": nc2[0] / nc2[-1],
                 "nc2_linear_head": [run.final[keys.layer(keys.NC2, l)] for l in range(run.nonlinear_depth + 1, L)],
                 "gram_max_offdiag_cosine": {k: max_offdiag_cosine(grams[k]) for k in shown if k in grams},
+                # evidence beside the rule: what the backbone's features leave a balanced head
+                "backbone_max_offdiag_cosine": (
+                    max_offdiag_cosine(grams[keys.gram(run.nonlinear_depth)])
+                    if keys.gram(run.nonlinear_depth) in grams
+                    else None
+                ),
+                "balanced_head_prediction": balanced_head_prediction(run),
                 keys.NC3: run.final.get(keys.NC3),
                 "train_acc": run.final.get(keys.TRAIN_ACC),
             }
@@ -207,6 +234,9 @@ def claim2_collapse(runs: list[Run]) -> dict:
             np.mean([s["gram_max_offdiag_cosine"].get(last_key, np.nan) for s in per_seed])
         ),
     }
+    predicted = [s["balanced_head_prediction"] for s in per_seed if s["balanced_head_prediction"] is not None]
+    if predicted:
+        mean["balanced_head_prediction"] = float(np.mean(predicted))
     passed = (
         mean["nc1_penultimate"] < NC1_COLLAPSED
         and mean["nc2_penultimate"] < NC2_CLOSE
@@ -218,6 +248,11 @@ def claim2_collapse(runs: list[Run]) -> dict:
         f"{mean['nc2_fall']:.3g}x fall, largest class-mean cosine in the last Gram "
         f"{mean['gram_max_offdiag_cosine_last']:.3g}"
     )
+    if predicted:
+        deciding += (
+            f" (a balanced head's Gram(Z_(L1))^(1/L2) from the backbone's features gives "
+            f"{mean['balanced_head_prediction']:.3g})"
+        )
     return _result(2, statement, rule, passed, {"runs": len(runs), "mean": mean, "per_seed": per_seed}, deciding)
 
 
