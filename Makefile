@@ -56,11 +56,12 @@ bench: install
 bench-gpu: install
 	$(PY) scripts/gpu_bench.py
 
-# gpu_bench.py's ResNet20 and MLP settings on the CPU, on 2,000 images (about 4 minutes)
+# the MLP figure's network on the CPU: batch 128 and 256, float32 and bf16, all 60,000 images
 bench-mlp-cpu: install
 	$(PY) scripts/gpu_bench.py --rounds 3 --out outputs/bench/cpu_mlp.json \
 		--only mlp_b128_fp32 mlp_b128_bf16 mlp_b256_fp32 mlp_b256_bf16
 
+# gpu_bench.py's ResNet20 and MLP settings on the CPU, on 2,000 images (about 4 minutes)
 bench-resnet-cpu: install
 	$(PY) scripts/gpu_bench.py --num-per-class 200 --rounds 2 --out outputs/bench/cpu_resnet.json \
 		--only resnet20_b128_fp32 resnet20_b128_bf16_cl resnet20_b512_fp32 resnet20_b512_bf16_cl \

@@ -175,17 +175,15 @@ def gram_power(gram, p: float) -> np.ndarray:
     return (v * np.clip(w, 0.0, None) ** p) @ v.T
 
 
-def balanced_head_prediction(run: Run) -> float | None:
-    """The largest class-mean cosine that a balanced linear head at its weight-decay optimum
-    gives its last Gram, from the backbone's own output Z_(L1): with W_(l+1)^T W_(l+1) =
-    W_l W_l^T and the outputs' class-mean Gram ~ identity, the Gram of Z_l is
-    Gram(Z_(L1))^((L - l) / L2), so that of Z_(L-1) is Gram(Z_(L1))^(1 / L2). None where the
-    run has no Gram of Z_(L1) or no linear head of at least two layers."""
-    n, L = run.nonlinear_depth, run.num_layers
-    gram = (run.grams or {}).get("grams", {}).get(keys.gram(n))
-    if gram is None or n < 1 or L - n < 2:
+def balanced_head_prediction(backbone_gram, linear_depth: int) -> float | None:
+    """The largest class-mean cosine that a balanced linear head of `linear_depth` layers leaves
+    its last Gram, from the class-mean Gram of the backbone's output Z_(L1): with W_(l+1)^T W_(l+1)
+    = W_l W_l^T and the outputs' class means at the one-hot targets, the Gram of Z_l is
+    Gram(Z_(L1))^((L - l) / L2), so that of Z_(L-1) is Gram(Z_(L1))^(1 / L2). None without that
+    Gram or without a head of at least two layers."""
+    if backbone_gram is None or linear_depth < 2:
         return None
-    return max_offdiag_cosine(gram_power(gram, 1.0 / (L - n)))
+    return max_offdiag_cosine(gram_power(backbone_gram, 1.0 / linear_depth))
 
 
 def claim2_collapse(runs: list[Run]) -> dict:
@@ -207,6 +205,7 @@ def claim2_collapse(runs: list[Run]) -> dict:
         nc2 = run.series(keys.layer(keys.NC2, L - 1))[1]
         grams = (run.grams or {}).get("grams", {})
         shown = gram_keys(run)
+        backbone = grams.get(keys.gram(run.nonlinear_depth)) if run.nonlinear_depth >= 1 else None
         per_seed.append(
             {
                 "nc1_penultimate": run.final[keys.layer(keys.NC1, L - 1)],
@@ -215,12 +214,8 @@ def claim2_collapse(runs: list[Run]) -> dict:
                 "nc2_linear_head": [run.final[keys.layer(keys.NC2, l)] for l in range(run.nonlinear_depth + 1, L)],
                 "gram_max_offdiag_cosine": {k: max_offdiag_cosine(grams[k]) for k in shown if k in grams},
                 # evidence beside the rule: what the backbone's features leave a balanced head
-                "backbone_max_offdiag_cosine": (
-                    max_offdiag_cosine(grams[keys.gram(run.nonlinear_depth)])
-                    if keys.gram(run.nonlinear_depth) in grams
-                    else None
-                ),
-                "balanced_head_prediction": balanced_head_prediction(run),
+                "backbone_max_offdiag_cosine": None if backbone is None else max_offdiag_cosine(backbone),
+                "balanced_head_prediction": balanced_head_prediction(backbone, L - run.nonlinear_depth),
                 keys.NC3: run.final.get(keys.NC3),
                 "train_acc": run.final.get(keys.TRAIN_ACC),
             }
