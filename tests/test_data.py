@@ -404,3 +404,45 @@ def test_fashion_mnist_from_debian_package(tmp_path):
     assert abs((x.float() / 255).std().item() - std[0]) < 1e-3
     x, y = load_split("fashion_mnist", tmp_path, train=False)
     assert x.shape == (10000, 1, 28, 28) and torch.bincount(y).tolist() == [1000] * 10
+
+
+# --- (f) standardisation (data.normalize) --------------------------------------------------
+
+
+@pytest.mark.parametrize("normalize", ["pixel", "channel", True, "none", False])
+def test_normalize_modes_against_float64_reference(tmp_path, normalize):
+    from wdcollapse.data.tensors import TensorDataModule
+
+    raw = {s: a.double() / 255 for s, a in _make_image_folder(tmp_path, per_class=3).items()}
+    dm = TensorDataModule("cifar10", tmp_path, normalize=normalize, image_folder=str(tmp_path), num_per_class=2)
+    dm.setup()
+    train_raw = raw["train"]
+    mode = {True: "channel", False: "none"}.get(normalize, normalize)
+    if mode == "pixel":  # the whole training split's mean image and one scalar std, also for the test set
+        mean = train_raw.mean(0, keepdim=True)
+        std = (train_raw - mean).std()
+    elif mode == "channel":
+        mean, std = (torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1) for v in MEAN_STD["cifar10"])
+    else:
+        mean, std = 0.0, 1.0
+    expected_train = (train_raw - mean) / std
+    # the training subset (2 of 3 per class) is a seeded draw: each of its images is the reference's
+    assert len(dm.train_x) == 20
+    for img in dm.train_x.double():
+        assert torch.min((expected_train - img).flatten(1).abs().max(1).values) < 1e-6
+    torch.testing.assert_close(dm.test_x.double(), (raw["test"] - mean) / std, atol=1e-6, rtol=0)
+
+
+def test_normalize_rejects_unknown_mode_and_schema_allows_the_modes(tmp_path):
+    from pydantic import TypeAdapter, ValidationError
+
+    from wdcollapse.data.tensors import TensorDataModule
+    from wdcollapse.schema import Data
+
+    with pytest.raises(ValueError, match=r"data.normalize='zca'; choose one of true \(= channel\), pixel"):
+        TensorDataModule("mnist", tmp_path, normalize="zca")
+    field = Data.model_fields["normalize"].annotation
+    for ok in (True, False, "pixel", "channel", "none"):
+        assert TypeAdapter(field).validate_python(ok) == ok
+    with pytest.raises(ValidationError):
+        TypeAdapter(field).validate_python("zca")

@@ -26,6 +26,7 @@ Activation = Literal["relu", "leaky_relu", "smooth_leaky_relu"]
 Init = Literal["default", "he", "lecun"]
 Schedule = Literal["every", "log"]
 Resume = Literal["auto", "never"]
+Normalize = Literal["channel", "pixel", "none"]  # true = channel, false = none
 # pytorch_lightning.Trainer(precision=...): its documented values and aliases
 Precision = Literal[
     "transformer-engine",
@@ -74,7 +75,7 @@ class Data(Section):
     num_per_class: PositiveInt | None = None  # class-balanced training subset (null = all)
     test_num_per_class: PositiveInt | None = None
     batch_size: PositiveInt | None = 128  # null = full batch
-    normalize: bool = True
+    normalize: bool | Normalize = True
     download: bool = False
     image_folder: str | None = None
     subset_seed: Seed

@@ -97,6 +97,10 @@ class StepGroups:
             yield group
 
 
+# data.normalize: true and false are kept for the configs written before `pixel` existed
+NORMALIZE = {True: "channel", False: "none", "channel": "channel", "pixel": "pixel", "none": "none"}
+
+
 class TensorDataModule(pl.LightningDataModule):
     """A dataset held in memory as float tensors (normalised), with optional class-balanced
     training and test subsets. `batch_size: null` means full-batch (gradient descent)."""
@@ -108,7 +112,7 @@ class TensorDataModule(pl.LightningDataModule):
         num_per_class: int | None = None,
         test_num_per_class: int | None = None,
         batch_size: int | None = 128,
-        normalize: bool = True,
+        normalize: bool | str = True,
         download: bool = False,
         image_folder: str | None = None,
         subset_seed: int = 0,
@@ -128,23 +132,37 @@ class TensorDataModule(pl.LightningDataModule):
         self.in_shape = list(in_shape) if in_shape is not None else None
         self.num_per_class, self.test_num_per_class = num_per_class, test_num_per_class
         self.batch_size = batch_size
-        self.normalize, self.download, self.image_folder = normalize, download, image_folder
+        self.normalize = NORMALIZE.get(normalize) if isinstance(normalize, (bool, str)) else None
+        if self.normalize is None:
+            raise ValueError(f"data.normalize={normalize!r}; choose one of true (= channel), pixel or false (= none)")
+        self.download, self.image_folder = download, image_folder
         self.subset_seed, self.shuffle_seed, self.eval_chunk = subset_seed, shuffle_seed, eval_chunk
         self.steps_per_call = steps_per_call  # checked by StepGroups
         self.train_x = self.train_y = self.test_x = self.test_y = None
 
     def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = load_split(self.name, self.root, train, self.download, self.image_folder)
-        x = images.float().div_(255.0)
-        if self.normalize:
+        return images.float().div_(255.0), labels.long()
+
+    def _standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """`channel`: the data set's per-channel mean and std (sources.MEAN_STD). `pixel`: minus the
+        training set's mean image, divided by one scalar, the centred training set's std (a
+        per-pixel std would blow up MNIST's nearly constant border pixels)."""
+        if self.normalize == "channel":
             mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in MEAN_STD[self.name])
-            x = (x - mean) / std
-        return x, labels.long()
+            return (x - mean) / std
+        if self.normalize == "pixel":
+            return (x - self._pixel_mean) / self._pixel_std
+        return x
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_x is not None:
             return
         x, y = self._load(train=True)
+        if self.normalize == "pixel":  # statistics of the whole training split, before any subset
+            self._pixel_mean = x.mean(0, keepdim=True)
+            self._pixel_std = float((x - self._pixel_mean).std())
+        x = self._standardise(x)
         if self.in_shape is not None and list(x.shape[1:]) != self.in_shape:
             raise ValueError(f"data.in_shape={self.in_shape} but {self.name} images are {list(x.shape[1:])}")
         if self.num_per_class is not None:
@@ -152,6 +170,7 @@ class TensorDataModule(pl.LightningDataModule):
             x, y = x[keep], y[keep]
         self.train_x, self.train_y = x.contiguous(), y
         x, y = self._load(train=False)
+        x = self._standardise(x)
         if self.test_num_per_class is not None:
             keep = class_balanced_subset(y, self.test_num_per_class, self.num_classes, self.subset_seed,
                                          setting="data.test_num_per_class", split="test")
