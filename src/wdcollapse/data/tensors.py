@@ -7,6 +7,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from ..schema import Normalize, names
 from .sources import MEAN_STD, NUM_CLASSES, load_split
 
 
@@ -97,8 +98,8 @@ class StepGroups:
             yield group
 
 
-# data.normalize: true and false are kept for the configs written before `pixel` existed
-NORMALIZE = {True: "channel", False: "none", "channel": "channel", "pixel": "pixel", "none": "none"}
+# data.normalize: the schema's mode names, and true / false for the configs written before `pixel` existed
+NORMALIZE = {True: "channel", False: "none", **{mode: mode for mode in names(Normalize)}}
 
 
 class TensorDataModule(pl.LightningDataModule):
