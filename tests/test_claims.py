@@ -317,6 +317,10 @@ def test_report_settings_list_every_value_a_sweep_used_and_the_figures_open_arch
     assert rows["optim.weight_decay"][0] == "0.016 / L"
     mlp = {key for key, _, _ in settings_rows(FigureSweep("mlp_mnist", "mlp_mnist", {}), runs)}
     assert "model.linear_depth" not in mlp  # stated for the MLP figure
+    assert "optim.trunk_weight_decay" not in rows  # shown only where a run sets it
+    runs[0].config["optim"]["trunk_weight_decay"] = 0.001
+    rows = {key: ours for key, _, ours in settings_rows(FigureSweep("resnet20_cifar10", "resnet20_cifar10", {}), runs)}
+    assert rows["optim.trunk_weight_decay"] == "0.001, optim.weight_decay"
     for run, n, lr in zip(runs, (None, 500), (0.002, 0.0005)):
         run.config["data"] = {"num_per_class": n}
         run.config["optim"]["lr"] = lr

@@ -174,3 +174,43 @@ def test_checkpoint_of_the_automatic_optimization_era_resumes_with_its_step_coun
     trainer = cpu_trainer(tmp_path / "d", max_epochs=4)
     trainer.fit(first, datamodule=dm, ckpt_path=str(tmp_path / "old.ckpt"))
     assert trainer.global_step == 32
+
+
+def test_trunk_weight_decay_gives_the_trunk_its_own_decay_and_the_head_optim_weight_decay():
+    """One SGD step (no momentum, no warm-up) against its closed form in float64:
+    p <- p - lr (grad + wd p), with wd = trunk_weight_decay on the ResNet trunk's parameters
+    (convolutions and BatchNorm) and weight_decay on the fully connected layers."""
+    from wdcollapse.models import MLP, ResNet20
+    from wdcollapse.module import build_optimizer, parameter_groups
+
+    torch.manual_seed(0)
+    net = ResNet20((3, 8, 8), 4, 1, 2, width=6).double()
+    optim = {
+        "name": "sgd",
+        "lr": 0.1,
+        "momentum": 0.0,
+        "weight_decay": 0.3,
+        "trunk_weight_decay": 0.02,
+        "warmup_epochs": 0,
+    }
+    x, y = torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.arange(8) % 4
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    opt, _ = build_optimizer(parameter_groups(net, optim), optim, steps_per_epoch=1, max_epochs=1)
+    classification_loss(net(x), y, "mse", "half_mean").backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    opt.step()
+    names = [n for n, _ in net.named_parameters()]
+    assert any(n.startswith("trunk.") for n in names) and any(n.startswith("layers.") for n in names)
+    for n, p in net.named_parameters():
+        wd = 0.02 if n.startswith("trunk.") else 0.3
+        torch.testing.assert_close(p.detach(), before[n] - 0.1 * (grads[n] + wd * before[n]), rtol=0, atol=1e-12)
+    # The head's group comes first: the monitors read param_groups[0]'s weight decay.
+    assert opt.param_groups[0]["weight_decay"] == 0.3 and opt.param_groups[1]["weight_decay"] == 0.02
+
+    # null keeps one group (the default); an MLP has no trunk to give a decay to.
+    assert (
+        len(build_optimizer(parameter_groups(net, {**optim, "trunk_weight_decay": None}), optim, 1, 1)[0].param_groups)
+        == 1
+    )
+    with pytest.raises(ValueError, match="trunk_weight_decay needs a model with a trunk"):
+        parameter_groups(MLP((1, 4, 4), 4, 1, 1, width=6), optim)

@@ -148,8 +148,27 @@ class CollapseModule(pl.LightningModule):
         datamodule = self.trainer.datamodule
         steps = getattr(datamodule, "steps_per_epoch", None)
         steps = min(steps, calls * getattr(datamodule, "steps_per_call", 1)) if steps else calls
-        opt, schedule = build_optimizer(self.model.parameters(), self.optim, steps, max_epochs)
+        opt, schedule = build_optimizer(parameter_groups(self.model, self.optim), self.optim, steps, max_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def parameter_groups(model: torch.nn.Module, optim: dict):
+    """The model's parameters as the optimizer gets them. With `optim.trunk_weight_decay` set,
+    two groups: the fully connected layers (first, with `optim.weight_decay`: the head whose
+    balancing the theory predicts) and the trunk's parameters (a ResNet's convolutions and
+    BatchNorm) with their own weight decay."""
+    trunk_wd = optim.get("trunk_weight_decay")
+    if trunk_wd is None:
+        return model.parameters()
+    trunk = list(getattr(model, "trunk", torch.nn.Identity()).parameters())
+    if not trunk:
+        raise ValueError(
+            "optim.trunk_weight_decay needs a model with a trunk that has parameters (model=resnet20); "
+            "this model's layers are all fully connected: leave it null"
+        )
+    in_trunk = {id(p) for p in trunk}
+    head = [p for p in model.parameters() if id(p) not in in_trunk]
+    return [{"params": head}, {"params": trunk, "weight_decay": float(trunk_wd)}]
 
 
 def build_optimizer(params, optim: dict, steps_per_epoch: int, max_epochs: int):

@@ -31,6 +31,7 @@ NULL_MEANS = {
     "data.num_per_class": "full training set",
     "data.test_num_per_class": "whole test set",
     "optim.lr_drop_at": "no drop",
+    "optim.trunk_weight_decay": "optim.weight_decay",
     "data.batch_size": "full batch",
 }
 ALWAYS_SHOWN = ["optim.lr", "optim.weight_decay", "data.num_per_class", "trainer.max_epochs", "optim.lr_drop_at"]
@@ -92,6 +93,9 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
     )
     for key in UNKNOWN_IN_PAPER + list(spec.open_architecture):
         rows.append((key, OURS if ours_experiment else "not stated (ASSUMPTION)", values_of(runs, key)))
+    if any(r.get("optim.trunk_weight_decay") is not None for r in runs):  # only where a figure sets it
+        stated = OURS if ours_experiment else "optim.weight_decay on every parameter (presumably)"
+        rows.append(("optim.trunk_weight_decay", stated, values_of(runs, "optim.trunk_weight_decay")))
     return rows
 
 

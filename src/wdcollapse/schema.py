@@ -122,6 +122,7 @@ class Optim(Section):
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # heavy ball diverges at momentum >= 1
     nesterov: bool = False
     weight_decay: Annotated[float, Field(ge=0)] = 1.8e-3
+    trunk_weight_decay: Annotated[float, Field(ge=0)] | None = None  # None: weight_decay everywhere
     warmup_epochs: Annotated[float, Field(ge=0)] = 10
     lr_drop_at: Annotated[float, Field(gt=0, le=1)] | None = None
     lr_drop_factor: Annotated[float, Field(gt=0)] = 0.1
