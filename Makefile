@@ -12,7 +12,7 @@ export WDCOLLAPSE_DATA_DIR := $(abspath $(DATA_DIR))
 TORCH := 2.14.1
 TORCHVISION := 0.29.1
 
-.PHONY: lint install data fashion-mnist cifar10 test reproduce bench bench-gpu bench-resnet-cpu bench-mlp-cpu fault-drill clean
+.PHONY: lint install data fashion-mnist cifar10 test reproduce bench bench-optimizer bench-gpu bench-resnet-cpu bench-mlp-cpu fault-drill clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ reproduce: install
 
 bench: install
 	$(PY) scripts/bench.py
+
+# fused SGD (optim.fused, the default) against the per-tensor path on the cpu preset's MLPs (about a minute)
+bench-optimizer: install
+	$(PY) scripts/bench_optimizer.py
 
 bench-gpu: install
 	$(PY) scripts/gpu_bench.py

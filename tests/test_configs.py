@@ -178,3 +178,11 @@ def test_command_line_sweeps_with_prefixes_quotes_and_a_bad_search_path():
     check_command_line(["-m", "++seed=1,2"])
     with pytest.raises(ConfigError, match="hydra.searchpath must be a list"):
         check_command_line(["hydra.searchpath=notalist", "model=mlp"])
+
+
+def test_trunk_weight_decay_is_refused_for_the_mlp_before_any_data_is_read():
+    """The MLP has no trunk: the config check names the setting (not a ValueError from
+    configure_optimizers after the data set-up); with ResNet20 the same value passes."""
+    cfg = job_cfg("optim.trunk_weight_decay=0.001")
+    assert re.search(r"optim.trunk_weight_decay=0.001 is not allowed: null with model=mlp", refusal(cfg))
+    check_config(job_cfg("model=resnet20", "optim.trunk_weight_decay=0.001"))

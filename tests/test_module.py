@@ -214,3 +214,47 @@ def test_trunk_weight_decay_gives_the_trunk_its_own_decay_and_the_head_optim_wei
     )
     with pytest.raises(ValueError, match="trunk_weight_decay needs a model with a trunk"):
         parameter_groups(MLP((1, 4, 4), 4, 1, 1, width=6), optim)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_fused_sgd_is_the_default_and_bitwise_the_per_tensor_path(dtype, momentum, nesterov):
+    """optim.fused (the default) runs SGD in torch's fused kernel; 40 steps of it, with weight
+    decay, two parameter groups and a warm-up + drop schedule, end on exactly the parameters of
+    the per-tensor path (optim.fused=false): the speed-up changes no number. And a case that
+    must differ: a different weight decay does move them."""
+    from wdcollapse.models import MLP
+    from wdcollapse.module import build_optimizer
+
+    def train(fused: bool, wd: float = 1e-2):
+        torch.manual_seed(0)
+        net = MLP((1, 6, 6), 5, 3, 2, width=16).to(dtype)
+        params = list(net.parameters())
+        groups = [{"params": params[:2]}, {"params": params[2:], "weight_decay": 3e-3}]
+        optim = {
+            "name": "sgd",
+            "lr": 0.05,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "weight_decay": wd,
+            "warmup_epochs": 1,
+            "lr_drop_at": 0.5,
+            "lr_drop_factor": 0.1,
+            "fused": fused,
+        }
+        opt, schedule = build_optimizer(groups, optim, steps_per_epoch=10, max_epochs=4)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(40):
+            x, y = torch.randn(16, 1, 6, 6, generator=g, dtype=dtype), torch.randint(0, 5, (16,), generator=g)
+            opt.zero_grad(set_to_none=True)
+            classification_loss(net(x), y, "mse", "half_mean").backward()
+            opt.step()
+            schedule.step()
+        return opt, torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    opt, fused = train(True)
+    assert opt.defaults["fused"] is True
+    opt_plain, plain = train(False)
+    assert not opt_plain.defaults["fused"]
+    assert torch.equal(fused, plain)
+    assert not torch.equal(train(True, wd=2e-2)[1], plain)

@@ -78,6 +78,12 @@ def check_config(cfg: DictConfig) -> Settings:
             f"an integer >= 1, or a list of nonlinear_depth + linear_depth - 1 = {hidden} such integers",
         )
     _require(
+        optim.get("trunk_weight_decay") is None or model._target_ != "wdcollapse.models.MLP",
+        "optim.trunk_weight_decay",
+        optim.get("trunk_weight_decay"),
+        "null with model=mlp (its layers are all fully connected: there is no trunk); it is for model=resnet20",
+    )
+    _require(
         optim.name != "gd" or data.get("batch_size") is None,
         "data.batch_size",
         data.get("batch_size"),

@@ -171,15 +171,34 @@ def parameter_groups(model: torch.nn.Module, optim: dict):
     return [{"params": head}, {"params": trunk, "weight_decay": float(trunk_wd)}]
 
 
+FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused SGD kernel runs
+
+
+def _fused_devices(params: list) -> bool:
+    """Whether every parameter (`params`: tensors or parameter-group dicts) lies where the fused
+    SGD kernel runs."""
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    return bool(tensors) and all(t.device.type in FUSED_DEVICES and t.is_floating_point() for t in tensors)
+
+
 def build_optimizer(params, optim: dict, steps_per_epoch: int, max_epochs: int):
-    """The optimizer `optim` describes and its per-step learning-rate schedule (LambdaLR)."""
+    """The optimizer `optim` describes and its per-step learning-rate schedule (LambdaLR).
+    SGD runs torch's fused kernel (`optim.fused`, on by default where the parameters' devices
+    have it): the same arithmetic as the default per-tensor path, bit for bit (tests), in one
+    kernel per parameter: 1.2-1.3x faster steps for the MLPs at batch 32 on a CPU (BENCHMARKS.md)."""
     o = optim
     name = o.get("name", "sgd")
     lr, wd = float(o["lr"]), float(o.get("weight_decay", 0.0))
     if name in ("sgd", "gd"):
         momentum = 0.0 if name == "gd" else float(o.get("momentum", 0.0))
+        params = list(params)
         opt = torch.optim.SGD(
-            params, lr=lr, momentum=momentum, weight_decay=wd, nesterov=bool(o.get("nesterov", False)) and momentum > 0
+            params,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=wd,
+            nesterov=bool(o.get("nesterov", False)) and momentum > 0,
+            **({"fused": True} if o.get("fused", True) and _fused_devices(params) else {}),
         )
     elif name == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)

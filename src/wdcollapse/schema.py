@@ -121,6 +121,7 @@ class Optim(Section):
     lr: Annotated[float, Field(gt=0)] = 0.01
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # heavy ball diverges at momentum >= 1
     nesterov: bool = False
+    fused: bool = True  # SGD in torch's fused kernel: bitwise the default path's updates, faster steps
     weight_decay: Annotated[float, Field(ge=0)] = 1.8e-3
     trunk_weight_decay: Annotated[float, Field(ge=0)] | None = None  # None: weight_decay everywhere
     warmup_epochs: Annotated[float, Field(ge=0)] = 10
