@@ -39,3 +39,22 @@ def test_gpu_bench_quick_mode_measures_every_field(tmp_path):
     mlp = settings["mlp_b128_fp32"]
     assert mlp["plain_epoch_s"] > 0  # the ratio is the two epochs measured, not a constant
     assert mlp["lightning_over_plain"] == pytest.approx(mlp["epoch_s"] / mlp["plain_epoch_s"], rel=1e-12)
+
+
+def test_optimizer_bench_times_both_paths_and_finds_them_bitwise_equal(tmp_path):
+    """scripts/bench_optimizer.py (make bench-optimizer) on every network, a few steps: both
+    paths are timed and end on the same parameters."""
+    out = tmp_path / "optimizer.json"
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench_optimizer.py", "--rounds", "2", "--steps", "3", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    networks = json.loads(out.read_text())["networks"]
+    assert len(networks) == 4
+    for name, res in networks.items():
+        assert res["bitwise_equal"] is True, name
+        assert res["ms_per_step"]["fused"] > 0 and res["ms_per_step"]["per_tensor"] > 0, name

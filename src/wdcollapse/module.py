@@ -185,7 +185,7 @@ def build_optimizer(params, optim: dict, steps_per_epoch: int, max_epochs: int):
     """The optimizer `optim` describes and its per-step learning-rate schedule (LambdaLR).
     SGD runs torch's fused kernel (`optim.fused`, on by default where the parameters' devices
     have it): the same arithmetic as the default per-tensor path, bit for bit (tests), in one
-    kernel per parameter: 1.2-1.3x faster steps for the MLPs at batch 32 on a CPU (BENCHMARKS.md)."""
+    kernel per parameter: about 0.9x the step time of the cpu preset's MLPs on a CPU (`make bench-optimizer`)."""
     o = optim
     name = o.get("name", "sgd")
     lr, wd = float(o["lr"]), float(o.get("weight_decay", 0.0))
