@@ -4,6 +4,7 @@ Lightning epoch and the passes run right after it. No Hydra: the lent GPU machin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -26,10 +27,12 @@ def timed(fn: Callable[[], object], clock: Callable[[], float] = time.process_ti
 
 class PlainLoop:
     """`module`'s model, loss, optimizer and schedule over `data`'s batches, without Lightning.
-    Pass a module no Trainer holds (a copy, or a fresh one): the loop trains it."""
+    Pass a module no Trainer holds (a copy, or a fresh one): the loop trains it. `forward_context`
+    wraps each forward pass (and the loss), as Lightning's precision plugin does: e.g. bf16
+    autocast."""
 
-    def __init__(self, module: CollapseModule, data, max_epochs: int):
-        self.module, self.data = module, data
+    def __init__(self, module: CollapseModule, data, max_epochs: int, forward_context=contextlib.nullcontext):
+        self.module, self.data, self.forward_context = module, data, forward_context
         self.opt, self.sched = build_optimizer(
             module.model.parameters(), module.optim, data.steps_per_epoch, max_epochs
         )
@@ -38,7 +41,9 @@ class PlainLoop:
         self.module.train()
         for x, y in self.data.train_batches():  # built per epoch: the data may have moved device
             self.opt.zero_grad(set_to_none=True)
-            self.module.step_loss(x, y).backward()
+            with self.forward_context():
+                loss = self.module.step_loss(x, y)
+            loss.backward()
             self.opt.step()
             self.sched.step()
 
