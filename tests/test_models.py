@@ -36,6 +36,35 @@ def test_he_init_scales():
     assert stds[2] == pytest.approx(math.sqrt(1 / 1024), rel=0.02)
 
 
+@pytest.mark.parametrize("init", ["he", "lecun", "default"])
+def test_init_scale_multiplies_every_initial_weight(init):
+    def build(scale):
+        torch.manual_seed(3)
+        return MLP((6,), 3, nonlinear_depth=2, linear_depth=2, width=7, init=init, init_scale=scale)
+
+    plain, half = build(1.0), build(0.5)
+    for w, w_half in zip(plain.weights, half.weights):
+        assert torch.equal(w_half, 0.5 * w)
+    # a bias-free ReLU network is positively homogeneous: its output scales as init_scale^L
+    x = torch.randn(5, 6)
+    assert torch.allclose(half(x), 0.5**4 * plain(x), atol=1e-7)
+    assert not torch.allclose(half(x), plain(x))
+    with pytest.raises(ValueError, match="init_scale must be > 0"):
+        build(0.0)
+
+
+def test_init_scale_leaves_the_resnet_trunk_alone():
+    def build(scale):
+        torch.manual_seed(3)
+        return ResNet20((3, 32, 32), 10, nonlinear_depth=1, linear_depth=2, width=8, init_scale=scale)
+
+    plain, doubled = build(1.0), build(2.0)
+    for p, q in zip(plain.trunk.parameters(), doubled.trunk.parameters()):
+        assert torch.equal(p, q)
+    for w, w2 in zip(plain.weights, doubled.weights):
+        assert torch.equal(w2, 2.0 * w)
+
+
 def test_bad_widths_and_depths_are_rejected():
     with pytest.raises(ValueError, match="hidden widths"):
         layer_widths([8, 8], num_layers=4, num_classes=10)

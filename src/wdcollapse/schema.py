@@ -114,6 +114,7 @@ class Model(Section):
     activation_kwargs: dict[str, float] = Field(default_factory=dict)
     bias: bool = False
     init: Init = "he"
+    init_scale: Annotated[float, Field(gt=0)] = 1.0
 
 
 class Optim(Section):

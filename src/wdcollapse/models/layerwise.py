@@ -59,6 +59,7 @@ class LayerwiseNet(PaperLayout, nn.Module):
         activation_kwargs: dict | None = None,
         bias: bool = False,
         init: str = "he",
+        init_scale: float = 1.0,
     ):
         super().__init__()
         if nonlinear_depth < 0 or linear_depth < 1:
@@ -75,7 +76,7 @@ class LayerwiseNet(PaperLayout, nn.Module):
             nn.Linear(n_in, n_out, bias=bias and l < nonlinear_depth)
             for l, (n_in, n_out) in enumerate(zip(fan_ins, widths))
         )
-        initialise(self.layers, nonlinear_depth, init)
+        initialise(self.layers, nonlinear_depth, init, init_scale)
 
     @property
     def num_layers(self) -> int:
@@ -129,16 +130,22 @@ class LayerwiseNet(PaperLayout, nn.Module):
 INITS = names(Init)
 
 
-def initialise(layers: nn.ModuleList, nonlinear_depth: int, init: str) -> None:
+def initialise(layers: nn.ModuleList, nonlinear_depth: int, init: str, scale: float = 1.0) -> None:
     """`default`: PyTorch's uniform init. `he`: N(0, 2/fan_in) for the non-linear layers and
     N(0, 1/fan_in) for the linear head (keeps the signal's scale at any depth). `lecun`:
-    N(0, 1/fan_in) everywhere (Theorem 4.4's setting). Biases start at zero except for `default`."""
+    N(0, 1/fan_in) everywhere (Theorem 4.4's setting). Biases start at zero except for `default`.
+    `scale` multiplies every layer's initial weights (for `default` too): a plain network's
+    initial output then scales as scale^L."""
     if init not in INITS:
         raise ValueError(f"unknown model.init {init!r}; choose one of {INITS}")
-    if init == "default":
-        return
+    if not scale > 0:
+        raise ValueError(f"model.init_scale must be > 0, got {scale}")
     for l, layer in enumerate(layers):
-        gain = 2.0 if (init == "he" and l < nonlinear_depth) else 1.0
-        nn.init.normal_(layer.weight, std=math.sqrt(gain / layer.in_features))
-        if layer.bias is not None:
-            nn.init.zeros_(layer.bias)
+        if init != "default":
+            gain = 2.0 if (init == "he" and l < nonlinear_depth) else 1.0
+            nn.init.normal_(layer.weight, std=math.sqrt(gain / layer.in_features))
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        if scale != 1.0:
+            with torch.no_grad():
+                layer.weight.mul_(scale)
