@@ -159,6 +159,10 @@ def test_claim3_and_claim4_follow_the_direction_of_the_trend():
     assert claims.claim3_nc2_improves_with_linear_depth(falling)["passed"] is True
     rising = [nc2_run(d, 1.0 + d) for d in (1, 2, 3, 4)]
     assert claims.claim3_nc2_improves_with_linear_depth(rising)["passed"] is False
+    # the deciding numbers name every depth they list: 1..4 when consecutive, else each one
+    assert "for 1..4 linear layers" in claims.claim3_nc2_improves_with_linear_depth(falling)["deciding"]
+    gaps = [nc2_run(d, 10.0 / d) for d in (1, 2, 3, 5)]
+    assert "-> 2 for 1, 2, 3, 5 linear layers" in claims.claim3_nc2_improves_with_linear_depth(gaps)["deciding"]
 
     def depth_run(L1, value, minimum=None, drift=0.0):
         """Mean balancedness and negativity `value` at the end (drifting by `drift` per epoch

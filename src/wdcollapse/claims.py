@@ -56,6 +56,14 @@ def spearman(x, y) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def depth_list(depths: list[int]) -> str:
+    """`1..5` for consecutive depths, else every depth (`1, 2, 3, 5`): the deciding numbers list
+    one value per depth, so the label must name each one."""
+    if len(depths) > 2 and list(depths) == list(range(depths[0], depths[-1] + 1)):
+        return f"{depths[0]}..{depths[-1]}"
+    return ", ".join(str(d) for d in depths)
+
+
 def _result(cid, statement, rule, passed, evidence, deciding=""):
     return {
         "claim": cid,
@@ -276,7 +284,7 @@ def claim3_nc2_improves_with_linear_depth(runs: list[Run]) -> dict:
         deciding.append(
             f"wd {wd:g}: NC2(Z_(L-1)) "
             + " -> ".join(f"{m:.3g}" for m in means)
-            + f" for {depths[0]}..{depths[-1]} linear layers (Spearman {rho:.2f})"
+            + f" for {depth_list(depths)} linear layers (Spearman {rho:.2f})"
         )
     return _result(3, statement, rule, all(verdicts), evidence, "; ".join(deciding))
 
