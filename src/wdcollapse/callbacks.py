@@ -5,19 +5,24 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pydantic import Field
 from pytorch_lightning.callbacks import Callback, Checkpoint
 
 from . import keys
+from .arguments import check_pairs, checked, refuse
+from .errors import ArgumentError
 from .interfaces import HookedNetwork, LoaderData, MeasuredNetwork, MetricData, missing
 from .io import append_jsonl, atomic_write_json, read_jsonl
-from .metric_pass import accuracy, gather_states, metric_pass
-from .schema import Metrics, Schedule, names
-from .theory_monitors import check_theory_setting, theory_observers
+from .metric_pass import accuracy, gather_states, measure, metric_pass
+from .schema import ExtraMetrics, Metrics, PositiveInt, Schedule, names
+from .theory_monitors import theory_observers
 from .wandb_log import RunLog, is_wandb_logger
 
 SCHEDULES = names(Schedule)
@@ -59,9 +64,33 @@ def share_rank_zero_buffers(module: torch.nn.Module) -> None:
 
 
 def on_device(batches, device):
-    """The batches on the module's device (a no-op for batches already there)."""
-    for x, y in batches:
+    """The batches on the module's device (a no-op for batches already there), each checked to
+    be an (inputs, labels) pair: anything else is named at its first batch."""
+    for x, y in check_pairs(batches, "MetricMonitor", "data"):
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def steps_per_epoch(trainer) -> int | None:
+    """Optimizer steps (Lightning's batches that stepped) per epoch; None when unknown."""
+    batches = trainer.num_training_batches
+    if not isinstance(batches, int) or batches <= 0:
+        return None
+    return math.ceil(batches / max(1, trainer.accumulate_grad_batches))
+
+
+def extra_switches(extra, call: str = "MetricMonitor") -> ExtraMetrics:
+    """`extra` (the switches of ExtraMetrics, a mapping of them such as the config's
+    callbacks.metrics.extra, or a list of the families to switch on) as ExtraMetrics."""
+    if extra is None:
+        return ExtraMetrics()
+    if isinstance(extra, ExtraMetrics):
+        return extra
+    switches = dict(extra) if isinstance(extra, Mapping) else dict.fromkeys(extra, True)
+    families = list(ExtraMetrics.model_fields)
+    unknown = sorted(set(switches) - set(families))
+    if unknown:
+        raise refuse(call, "extra", extra, f"metric families from {families} (unknown: {unknown})")
+    return ExtraMetrics(**switches)
 
 
 class Diverged(RuntimeError):
@@ -120,48 +149,107 @@ class MetricMonitor(Callback):
     rounding): the network the checkpoint holds. Only global rank 0 writes metrics.jsonl and
     grams.json and logs."""
 
+    @checked
     def __init__(
         self,
-        out_dir: str | Path,
-        schedule: str = _DEFAULTS.schedule,
-        every_n: int = _DEFAULTS.every_n,
-        num_points: int = _DEFAULTS.num_points,
+        out_dir: str | Path | None = None,
+        schedule: Schedule = _DEFAULTS.schedule,
+        every_n: PositiveInt = _DEFAULTS.every_n,
+        num_points: PositiveInt = _DEFAULTS.num_points,
         test_acc: bool = _DEFAULTS.test_acc,
-        theory: str | bool = _DEFAULTS.theory,
+        theory: Literal["auto"] | bool = _DEFAULTS.theory,
         exact: bool = _DEFAULTS.exact,
-        extra=None,
-        layers: list[str] | None = None,
-        linear_depth: int | None = None,
-        data=None,
-        test_data=None,
-        num_classes: int | None = None,
-        loss_fn=None,
+        extra: ExtraMetrics | Mapping[str, bool] | Sequence[str] | None = None,
+        layers: Sequence[str] | None = None,
+        linear_depth: Annotated[int, Field(ge=0)] | None = None,
+        data: Any = None,
+        test_data: Any = None,
+        num_classes: Annotated[int, Field(ge=2)] | None = None,
+        loss_fn: Callable | None = None,
     ):
+        call = "MetricMonitor"
+        if layers is not None and not layers:
+            raise refuse(call, "layers", layers, "at least one layer name")
         if layers is not None and linear_depth is None:
-            raise ValueError(
-                "MetricMonitor(layers=...) needs linear_depth: how many of the last named layers are linear"
-            )
+            raise refuse(call, "linear_depth", None, "how many of the last named layers are linear (an integer >= 0)")
+        if layers is not None and linear_depth > len(layers):
+            raise refuse(call, "linear_depth", linear_depth, f"at most the {len(layers)} layers named in layers")
+        for name, loader in (("data", data), ("test_data", test_data)):
+            if loader is not None and not isinstance(loader, MetricData) and not isinstance(loader, Iterable):
+                raise refuse(
+                    call, name, loader, "a DataLoader (any iterable of (inputs, labels) batches) or a MetricData"
+                )
         if data is not None and not isinstance(data, MetricData) and num_classes is None:
-            raise ValueError("MetricMonitor(data=<a DataLoader>) needs num_classes")
-        self.layers, self.linear_depth, self.loss_fn = layers, linear_depth, loss_fn
+            raise refuse(call, "num_classes", None, "the number of classes (an integer >= 2) when data is a DataLoader")
+        loader = data is not None and not isinstance(data, MetricData)
+        if loader and test_data is None and (test_acc or (extra is not None and "test_set" in extra)):
+            raise refuse(call, "test_data", None, "a DataLoader of the test set for test/acc, or test_acc=False")
+        if test_data is not None and not loader:
+            raise refuse(
+                call, "test_data", test_data, "only with data=<a DataLoader> (a MetricData brings its own test split)"
+            )
+        self.layers, self.linear_depth, self.loss_fn = (
+            (list(layers) if layers is not None else None),
+            linear_depth,
+            loss_fn,
+        )
         if data is not None and not isinstance(data, MetricData):
             data = LoaderData(data, num_classes, test=test_data)
         self.data = data
         self._hooked: HookedNetwork | None = None
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
         self.schedule, self.every_n, self.num_points, self.test_acc = schedule, every_n, num_points, test_acc
-        check_theory_setting(theory)
         self.theory, self.exact = theory, exact
-        # `extra`: the switches of schema.ExtraMetrics (an instance or a mapping, e.g. the config's
-        # callbacks.metrics.extra), validated by it; None: all off.
-        self.extra = _DEFAULTS.extra.model_validate(dict(extra) if extra is not None else {})
+        self.extra = extra_switches(extra, call)
         self.extra_families = [name for name in keys.EXTRA if getattr(self.extra, name)]
         self.metric_seconds = 0.0
         self._wandb: dict[int, RunLog] = {}
+        self._raw_log: dict[int, Callable] = {}  # each logger's own log_metrics (see stamp_epochs)
 
     @property
     def metrics_path(self) -> Path:
         return self.out_dir / "metrics.jsonl"
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Before any pass: the output folder (default: the Trainer's default_root_dir) exists,
+        the network and the data are what the metric pass needs (named layers checked against
+        the module), and the loggers' `epoch` follows the package's convention (stamp_epochs)."""
+        if self.out_dir is None:
+            self.out_dir = Path(trainer.default_root_dir)
+        if trainer.is_global_zero:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.network(pl_module)
+        self.metric_data(trainer)
+        self.stamp_epochs(trainer)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for logger in trainer.loggers:  # the loggers' own log_metrics back
+            if id(logger) in self._raw_log:
+                vars(logger).pop("log_metrics", None)
+        self._raw_log.clear()
+
+    def stamp_epochs(self, trainer: pl.Trainer) -> None:
+        """Make the `epoch` that Lightning adds to what a LightningModule logs (`self.log`) follow
+        the rows of metrics.jsonl: epochs of training done, 0 = at initialisation, e = after e
+        epochs (Lightning's own is the 0-based index of the running epoch, one less at an
+        epoch's end). Lightning passes each logger the batches that stepped as `step`, so the
+        stamp is step / steps per epoch: a whole number at an epoch's end (and after it, in
+        validation), a fraction within an epoch. Each logger's `log_metrics` is wrapped on the
+        instance for this fit (teardown restores it); the monitor's own rows bypass the wrapper."""
+        for logger in trainer.loggers:
+            if id(logger) in self._raw_log:
+                continue
+            original = logger.log_metrics
+            self._raw_log[id(logger)] = original
+
+            def log_metrics(metrics, step=None, _original=original):
+                per_epoch = steps_per_epoch(trainer)
+                if step is not None and per_epoch and metrics.get("epoch") == trainer.current_epoch:
+                    epochs = step / per_epoch
+                    metrics = {**metrics, "epoch": int(epochs) if float(epochs).is_integer() else epochs}
+                return _original(metrics, step)
+
+            logger.log_metrics = log_metrics
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.epochs = evaluation_epochs(trainer.max_epochs, self.schedule, self.every_n, self.num_points)
@@ -182,11 +270,14 @@ class MetricMonitor(Callback):
         `pl_module.model`."""
         if self.layers is not None:
             if self._hooked is None or self._hooked.module is not pl_module:
-                self._hooked = HookedNetwork(pl_module, self.layers, self.linear_depth)
+                try:
+                    self._hooked = HookedNetwork(pl_module, self.layers, self.linear_depth)
+                except ArgumentError as e:
+                    raise ArgumentError(str(e).replace("HookedNetwork(", "MetricMonitor(", 1)) from None
             return self._hooked
         net = getattr(pl_module, "model", None)
         if not isinstance(net, MeasuredNetwork):
-            raise TypeError(
+            raise ArgumentError(
                 f"MetricMonitor: {type(pl_module).__name__}.model is not a MeasuredNetwork (it lacks "
                 f"{missing(net, MeasuredNetwork)}); pass layers=[...] and linear_depth=... to measure named submodules"
             )
@@ -195,8 +286,13 @@ class MetricMonitor(Callback):
     def metric_data(self, trainer) -> MetricData:
         """The data of the metric pass: `data` (a DataLoader or MetricData), else the datamodule."""
         data = self.data if self.data is not None else trainer.datamodule
+        if data is None:
+            raise ArgumentError(
+                "MetricMonitor(data=None): not allowed: the Trainer has no datamodule, so pass data=<a DataLoader of "
+                "the training set in a fixed order>, test_data=... and num_classes=..."
+            )
         if not isinstance(data, MetricData):
-            raise TypeError(
+            raise ArgumentError(
                 f"MetricMonitor: the datamodule {type(data).__name__} is not a MetricData (it lacks "
                 f"{missing(data, MetricData)}); pass data=<a DataLoader of the training set> and num_classes=..."
             )
@@ -229,7 +325,7 @@ class MetricMonitor(Callback):
             return lambda: on_device(data.eval_batches(split, **share), device)
 
         try:
-            row, grams = metric_pass(
+            result = measure(
                 net,
                 batches("train"),
                 data.num_classes,
@@ -239,6 +335,7 @@ class MetricMonitor(Callback):
                 reduce=reduce,
                 extra=self.extra_families,
             )
+            row, grams = result.row, result.grams
         except torch.linalg.LinAlgError:
             # Non-finite features: the epoch's last step blew up, and its loss (all that
             # DivergenceGuard sees) was computed before that step.
@@ -246,14 +343,21 @@ class MetricMonitor(Callback):
                 if all(torch.isfinite(net(x)).all() for x, _ in on_device(data.eval_batches("train"), device)):
                     raise
             raise Diverged(trainer.current_epoch, trainer.global_step, math.nan) from None
-        record = {"epoch": epoch, "step": trainer.global_step}
+        record = {keys.EPOCH: epoch, keys.STEP: trainer.global_step}
         if "loss" in row:
             record[keys.TRAIN_LOSS] = row.pop("loss")
         record[keys.TRAIN_ACC] = row.pop("acc")
         test_row = {}
         if self.extra.test_set:  # the same pass on the test split; its accuracy is test/acc
+            # test/nc4 classifies by the training set's class centres: the classifier training built
             test_row, _ = metric_pass(
-                net, batches("test"), data.num_classes, exact=self.exact, reduce=reduce, extra=self.extra_families
+                net,
+                batches("test"),
+                data.num_classes,
+                exact=self.exact,
+                reduce=reduce,
+                extra=self.extra_families,
+                nc4_centres=result.centres,
             )
             record[keys.TEST_ACC] = test_row.pop("acc")
         elif self.test_acc:
@@ -270,8 +374,8 @@ class MetricMonitor(Callback):
                     if id(logger) not in self._wandb:
                         self._wandb[id(logger)] = RunLog(logger, net.nonlinear_depth, net.num_layers)
                     self._wandb[id(logger)].log(record, grams)
-                else:
-                    logger.log_metrics(record, step=trainer.global_step)
+                else:  # the row as it is: its epoch is the package's (not restamped)
+                    self._raw_log.get(id(logger), logger.log_metrics)(record, step=trainer.global_step)
         self.metric_seconds += time.perf_counter() - start
         return record
 

@@ -116,6 +116,15 @@ def check_config(cfg: DictConfig) -> Settings:
         cfg.steps_per_call,
         counts_calls.format("limit_train_batches"),
     )
+    warmup = optim.get("warmup_epochs", 0)
+    _require(
+        warmup == "auto" or float(warmup) <= trainer.max_epochs / 2,
+        "optim.warmup_epochs",
+        warmup,
+        f"at most half of trainer.max_epochs={trainer.max_epochs} ({trainer.max_epochs / 2:g}): a longer warm-up "
+        "keeps the learning rate at a fraction of optim.lr for most of the run; use auto (min(10, a tenth of the "
+        "epochs)) or a shorter one",
+    )
     on_cpu = trainer.get("accelerator") == "cpu" or (
         trainer.get("accelerator") in (None, "auto") and not torch.cuda.is_available()
     )

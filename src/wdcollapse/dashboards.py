@@ -114,22 +114,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown figure(s) {unknown}; choose from {sorted(FIGURES)}", file=sys.stderr)
         return 2
     workspaces = {name: workspace(name, args.preset, args.entity, args.project) for name in args.figures}
+    status = 0
     if args.describe is None:
         try:
             for name, ws in workspaces.items():
                 print(f"{name}: {ws.save().url}")
             return 0
-        except Exception as e:  # no network, no API key, no such entity: describe instead
+        except Exception as e:  # no network, no API key, no such entity: describe instead, and say it failed
             args.describe = "dashboards.json"
+            status = 1
             print(
-                f"could not save the workspaces ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                f"writing their description to {args.describe}",
+                f"error: could not save the workspaces ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); writing their description to {args.describe} "
+                "instead (log in with `wandb login`, or pass --describe FILE to only describe them)",
                 file=sys.stderr,
             )
+    target = Path(args.describe)
+    if target.exists():
+        print(f"replacing the existing {target}", file=sys.stderr)
     description = describe(workspaces, args.preset, args.entity, args.project)
-    atomic_write_text(Path(args.describe), json.dumps(description, indent=1))
+    atomic_write_text(target, json.dumps(description, indent=1))
     print(f"described {len(args.figures)} workspaces in {args.describe}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

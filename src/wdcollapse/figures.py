@@ -140,6 +140,13 @@ class FigureSweep:
         return figure_spec(self.experiment)
 
 
+def preset_notice(preset: str) -> str | None:
+    """What a preset's reproduction is for, when its verdicts are not to be read as results (the
+    smoke preset: a plumbing check): the `notice` of conf/reproduce/<preset>.yaml, or None."""
+    path = CONF_DIR / "reproduce" / f"{preset}.yaml"
+    return OmegaConf.load(path).get("notice") if path.exists() else None
+
+
 def preset_sweeps(preset: str) -> tuple[int, list[FigureSweep]]:
     """(parallel jobs, each figure's sweep) of a preset: conf/reproduce/<preset>.yaml."""
     path = CONF_DIR / "reproduce" / f"{preset}.yaml"

@@ -21,6 +21,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .arguments import check_pairs, refuse
+
 
 @runtime_checkable
 class MeasuredNetwork(Protocol):
@@ -74,21 +76,42 @@ class HookedNetwork(PaperLayout):
     W_l Z_{l-1} each layer's own output. One forward hook per layer, held only during a pass."""
 
     def __init__(self, module: nn.Module, layers: list[str], linear_depth: int):
-        if not layers:
-            raise ValueError("HookedNetwork needs at least one layer name")
-        if not 0 <= linear_depth <= len(layers):
-            raise ValueError(f"linear_depth={linear_depth} but only {len(layers)} layers are named")
+        call = "HookedNetwork"
+        if not isinstance(module, nn.Module):
+            raise refuse(call, "module", module, "a torch.nn.Module")
+        if isinstance(layers, str) or not all(isinstance(name, str) for name in layers) or not layers:
+            raise refuse(call, "layers", layers, "a non-empty list of names from module.named_modules()")
+        if isinstance(linear_depth, bool) or not isinstance(linear_depth, int) or not 0 <= linear_depth <= len(layers):
+            raise refuse(call, "linear_depth", linear_depth, f"an integer from 0 to the {len(layers)} layers named")
         names = dict(module.named_modules())
+        # the candidates: every submodule with a 2-D weight [out, in], in registration order
+        candidates = [
+            n for n, m in names.items() if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2
+        ]
         unknown = [name for name in layers if name not in names]
         if unknown:
-            raise ValueError(f"no submodule named {unknown} in {type(module).__name__}; names: {sorted(names)[:12]}...")
+            raise refuse(
+                call,
+                "layers",
+                list(layers),
+                f"names of {type(module).__name__}'s fully connected submodules: "
+                f"{candidates} (no submodule named {unknown})",
+            )
+        for name in layers:
+            weight = getattr(names[name], "weight", None)
+            if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+                shape = None if not isinstance(weight, torch.Tensor) else tuple(weight.shape)
+                raise refuse(
+                    call,
+                    "layers",
+                    list(layers),
+                    f"layers with a 2-D weight [out, in]: {name!r} "
+                    f"({type(names[name]).__name__}) has {shape}; the candidates are {candidates}",
+                )
+        if len(set(layers)) != len(layers):
+            raise refuse(call, "layers", list(layers), "each layer named once")
         self.module, self.names = module, list(layers)
         self.modules = [names[name] for name in layers]
-        for name, m in zip(layers, self.modules):
-            weight = getattr(m, "weight", None)
-            if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-                shape = None if weight is None else tuple(weight.shape)
-                raise ValueError(f"layer {name!r} ({type(m).__name__}) needs a 2-D weight [out, in]; it has {shape}")
         self.num_layers = len(layers)
         self.linear_depth = linear_depth
         self.nonlinear_depth = self.num_layers - linear_depth
@@ -140,7 +163,14 @@ class LoaderData:
     shuffling and augmentation), under data parallelism batch i goes to rank i % world."""
 
     def __init__(self, train: Iterable, num_classes: int, test: Iterable | None = None):
-        self.train, self.test, self.num_classes = train, test, int(num_classes)
+        for name, loader in (("train", train), ("test", test)):
+            if (loader is not None or name == "train") and (
+                not isinstance(loader, Iterable) or isinstance(loader, str)
+            ):
+                raise refuse("LoaderData", name, loader, "a DataLoader (any re-iterable of (inputs, labels) batches)")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise refuse("LoaderData", "num_classes", num_classes, "an integer >= 2")
+        self.train, self.test, self.num_classes = train, test, num_classes
         dataset = getattr(train, "dataset", None)
         self._num_train = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
 
@@ -151,9 +181,16 @@ class LoaderData:
         return self._num_train
 
     def eval_batches(self, split: str = "train", rank: int = 0, world: int = 1):
+        if split not in ("train", "test"):
+            raise refuse("LoaderData.eval_batches", "split", split, "'train' or 'test'")
         loader = self.train if split == "train" else self.test
         if loader is None:
-            raise ValueError("LoaderData has no test loader: pass test=... or set test_acc=False")
-        for i, (x, y) in enumerate(loader):
+            raise refuse(
+                "LoaderData.eval_batches",
+                "split",
+                split,
+                "'train' only: this LoaderData has no test loader (pass test=...)",
+            )
+        for i, (x, y) in enumerate(check_pairs(loader, "LoaderData", split)):
             if i % world == rank:
                 yield x, y

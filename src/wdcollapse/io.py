@@ -96,3 +96,24 @@ def keep_jsonl_rows(path: str | Path, keep) -> list[dict]:
     if Path(path).exists():
         atomic_write_text(path, "".join(to_json(r) + "\n" for r in rows))
     return rows
+
+
+LOCK_FILE = ".wdcollapse.lock"
+
+
+def hold_directory(directory: Path, what: str, hint: str):
+    """Take `directory`'s lock (filelock: an OS lock on `directory/.wdcollapse.lock`, released when
+    this process ends, however it ends, so a killed run's directory can be resumed) and return it;
+    the caller keeps the returned object alive as long as it writes there. A directory another live
+    process holds is refused with one line: `what` names the directory's kind, `hint` what to do.
+    A second lock on the same directory is refused within one process too: release it first."""
+    from filelock import FileLock, Timeout
+
+    from .errors import ConfigError
+
+    lock = FileLock(str(Path(directory) / LOCK_FILE), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"{what} {directory} is in use by another live process; {hint}") from None
+    return lock

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-EPOCH = "epoch"
+EPOCH = "epoch"  # epochs of training done: 0 = at initialisation, e = after e epochs
+STEP = "step"  # optimizer steps done (trainer.global_step)
 TRAIN_LOSS = "train/loss"
 TRAIN_ACC = "train/acc"
 TEST_ACC = "test/acc"

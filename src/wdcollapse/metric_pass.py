@@ -3,11 +3,14 @@ accumulators, so every layer's metrics come out of one sweep in bounded memory."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 
 from . import keys, metrics
+from .arguments import check_pairs, refuse
+from .interfaces import MeasuredNetwork, missing
 from .models import LayerTrace, LayerwiseNet
 
 
@@ -72,13 +75,41 @@ def gather_states(obj) -> list:
     return [torch.load(io.BytesIO(b), map_location=device, weights_only=False) for b in out]
 
 
-def extra_families(extra: Iterable[str]) -> set[str]:
+def extra_families(extra: Iterable[str], call: str = "metric_pass") -> set[str]:
     """The optional metric families named in `extra` (keys.EXTRA's switches), checked."""
+    if not isinstance(extra, (str, Iterable)) or isinstance(extra, Mapping):
+        raise refuse(call, "extra", extra, f"a list of metric families from {list(keys.EXTRA)}")
     families = {extra} if isinstance(extra, str) else set(extra)
-    unknown = sorted(families - set(keys.EXTRA))
+    unknown = sorted(map(str, families - set(keys.EXTRA)))
     if unknown:
-        raise ValueError(f"unknown extra metrics {unknown}; choose from {sorted(keys.EXTRA)}")
+        raise refuse(call, "extra", extra, f"metric families from {list(keys.EXTRA)} (unknown: {unknown})")
     return families
+
+
+def check_pass_arguments(call: str, net, batches, num_classes, loss_fn, reduce, flags: dict) -> None:
+    """The arguments of metric_pass and accuracy, checked when called: one line naming the first
+    mistake (a wrong type included), as the command line's settings get."""
+    lacking = missing(net, MeasuredNetwork)
+    if lacking:
+        raise refuse(
+            call,
+            "net",
+            net,
+            f"a wdcollapse.interfaces.MeasuredNetwork (it lacks {lacking}); "
+            "wrap any module with HookedNetwork(module, layers, linear_depth)",
+        )
+    if isinstance(batches, (str, bytes, Mapping)) or not (isinstance(batches, Iterable) or callable(batches)):
+        raise refuse(call, "batches", batches, "an iterable of (inputs, labels) batches, or a function returning one")
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+    ):
+        raise refuse(call, "num_classes", num_classes, "an integer >= 2")
+    for name, fn in (("loss_fn", loss_fn), ("reduce", reduce)):
+        if fn is not None and not callable(fn):
+            raise refuse(call, name, fn, "a callable or None")
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise refuse(call, name, flag, "True or False")
 
 
 def _layers_kept(observers: list, num_layers: int) -> set[int]:
@@ -88,6 +119,17 @@ def _layers_kept(observers: list, num_layers: int) -> set[int]:
     for observer in observers:
         keep |= set(getattr(observer, "layers", range(num_layers)))
     return keep
+
+
+@dataclass
+class PassResult:
+    """What one metric pass gives: the metrics row, the class-mean Gram matrices and the class
+    means of the penultimate features Z_(L-1) (None for a single layer), the centres that a
+    nearest-class-centre classifier (nc4) on held-out data uses."""
+
+    row: dict
+    grams: dict
+    centres: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -101,6 +143,7 @@ def metric_pass(
     reduce: Callable[[object], list] | None = None,
     negativity: bool = True,
     extra: Iterable[str] = (),
+    nc4_centres: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], dict[str, list]]:
     """Returns (metrics row, class-mean Gram matrices) for the layers l = 1..L.
 
@@ -141,10 +184,45 @@ def metric_pass(
       generator `batches` of a single pass cannot be read twice), and `reduce` is called a
       second time, with this process's (agreements, samples), to sum the counts of all ranks.
     `batches` may always be such a function; it is called once per pass.
+    `nc4_centres` ([K, n_(L-1)]): the class centres nc4 classifies with; by default this pass's
+    own class means of Z_(L-1). On held-out data pass the training set's (`measure(...).centres`
+    of the training pass): the nearest-class-centre classifier is what training built (Papyan,
+    Han and Donoho 2020), and MetricMonitor's test/nc4 uses the training means.
+
+    Mistakes in the arguments (a wrong type, an unknown family, a batch that is not an (inputs,
+    labels) pair) are an ArgumentError of one line, raised at the call or at the first bad batch.
     """
+    result = measure(net, batches, num_classes, loss_fn, observers, exact, reduce, negativity, extra, nc4_centres)
+    return result.row, result.grams
+
+
+@torch.no_grad()
+def measure(
+    net: LayerwiseNet,
+    batches,
+    num_classes: int,
+    loss_fn=None,
+    observers: Iterable = (),
+    exact: bool = True,
+    reduce: Callable[[object], list] | None = None,
+    negativity: bool = True,
+    extra: Iterable[str] = (),
+    nc4_centres: torch.Tensor | None = None,
+) -> PassResult:
+    """metric_pass's work (same arguments), returning a PassResult: the row, the Gram matrices and
+    the class means of Z_(L-1)."""
+    flags = {"exact": exact, "negativity": negativity}
+    check_pass_arguments("metric_pass", net, batches, num_classes, loss_fn, reduce, flags)
+    if nc4_centres is not None and not isinstance(nc4_centres, torch.Tensor):
+        raise refuse("metric_pass", "nc4_centres", nc4_centres, "a tensor [num_classes, features] or None")
     families = extra_families(extra)
     if keys.NC4 in families and isinstance(batches, Iterator):
-        raise ValueError("extra nc4 reads the data twice: pass batches as a list or a function returning an iterable")
+        raise refuse(
+            "metric_pass",
+            "batches",
+            batches,
+            "a list or a function returning an iterable: extra nc4 reads the data twice",
+        )
     scatter = keys.PAPYAN_NC1_CDNV in families
     L = net.num_layers
     weights = [w.detach() for w in net.weights]
@@ -164,7 +242,7 @@ def metric_pass(
     loss_sum, correct, count = 0.0, 0, 0
     observers = list(observers)
     keep = _layers_kept(observers, L)
-    for x, y in batches() if callable(batches) else batches:
+    for x, y in check_pairs(batches() if callable(batches) else batches, "metric_pass"):
         metrics.check_label_range(y, num_classes)  # once per chunk, not once per layer
         # Each layer is consumed as soon as it is computed and only the layers an observer
         # asks for outlive the next one: the pass's peak memory is about a third of one
@@ -206,7 +284,7 @@ def metric_pass(
             )
     if penultimate >= 0:
         row[keys.NC3] = outs[penultimate].nc3()
-    row.update(_extra_metrics(families, net, batches, outs, w64[-1], penultimate, exact, reduce))
+    row.update(_extra_metrics(families, net, batches, outs, w64[-1], penultimate, exact, reduce, nc4_centres))
     if loss_fn is not None:
         row["loss"] = state.loss_sum
     row["acc"] = state.correct / state.count
@@ -220,10 +298,13 @@ def metric_pass(
     grams = {keys.gram(l + 1): gram(outs[l]) for l in range(L)}
     if last_pre is not None:
         grams[keys.gram_preact(nonlinear[-1] + 1)] = gram(last_pre)
-    return row, grams
+    centres = outs[penultimate].class_means() if penultimate >= 0 else None
+    return PassResult(row, grams, centres)
 
 
-def _extra_metrics(families: set[str], net, batches, outs: list, w_last, penultimate: int, exact: bool, reduce):
+def _extra_metrics(
+    families: set[str], net, batches, outs: list, w_last, penultimate: int, exact: bool, reduce, nc4_centres=None
+):
     """The keys of the `extra` families from the merged accumulators (and nc4's second pass)."""
     row: dict[str, float] = {}
     if keys.PAPYAN_NC1_CDNV in families:
@@ -241,7 +322,8 @@ def _extra_metrics(families: set[str], net, batches, outs: list, w_last, penulti
     if keys.SELF_DUALITY in families and centred is not None:
         row[keys.NC3_DUALITY] = metrics.self_duality(w_last, centred)
     if keys.NC4 in families and centred is not None:
-        row[keys.NC4] = _nc4_pass(net, batches, outs[penultimate].class_means(), penultimate, exact, reduce)
+        centres = outs[penultimate].class_means() if nc4_centres is None else nc4_centres
+        row[keys.NC4] = _nc4_pass(net, batches, centres, penultimate, exact, reduce)
     return row
 
 
@@ -249,7 +331,7 @@ def _nc4_pass(net, batches, means: torch.Tensor, penultimate: int, exact: bool, 
     """NC4's second pass: the fraction of samples whose prediction is the nearest class centre
     (`means`, merged over all ranks) of their Z_{L-1}; the counts summed over ranks by `reduce`."""
     agree, count = 0, 0
-    for x, y in batches() if callable(batches) else batches:
+    for x, y in check_pairs(batches() if callable(batches) else batches, "metric_pass"):
         for l, (_, out) in enumerate(net.iter_layers(x)):
             if l == penultimate:
                 z = out

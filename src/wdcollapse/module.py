@@ -50,6 +50,17 @@ def half_sum_factor(loss: str, mse_reduction: str, num_samples: int, num_classes
     raise ValueError(f"unknown mse_reduction {mse_reduction!r}; choose {MSE_REDUCTIONS}")
 
 
+AUTO_WARMUP_EPOCHS, AUTO_WARMUP_FRACTION = 10.0, 0.1
+
+
+def warmup_epochs(setting, max_epochs: int) -> float:
+    """The warm-up's length in epochs: `optim.warmup_epochs`, or for `auto` (the default)
+    min(10 epochs, a tenth of the run), so that a short run leaves its warm-up and learns."""
+    if setting == "auto":
+        return min(AUTO_WARMUP_EPOCHS, AUTO_WARMUP_FRACTION * max_epochs)
+    return float(setting)
+
+
 def lr_factor(
     step: int, steps_per_epoch: int, max_epochs: int, warmup_epochs: float, drop_at: float | None, drop_factor: float
 ) -> float:
@@ -58,7 +69,7 @@ def lr_factor(
     factor = 1.0
     warmup_steps = warmup_epochs * steps_per_epoch
     if warmup_steps > 0 and step < warmup_steps:
-        factor = (step + 1) / warmup_steps
+        factor = min(1.0, (step + 1) / warmup_steps)  # a warm-up shorter than one step is one step
     if drop_at is not None and step >= math.floor(drop_at * max_epochs) * steps_per_epoch:
         factor *= drop_factor
     return factor
@@ -212,7 +223,7 @@ def build_optimizer(params, optim: dict, steps_per_epoch: int, max_epochs: int):
             step,
             steps_per_epoch,
             max_epochs,
-            float(o.get("warmup_epochs", 0)),
+            warmup_epochs(o.get("warmup_epochs", 0), max_epochs),
             o.get("lr_drop_at"),
             float(o.get("lr_drop_factor", 0.1)),
         ),

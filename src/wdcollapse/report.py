@@ -193,13 +193,14 @@ def claims_doc(out: Path) -> str:
     return "claims.md"
 
 
-def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: dict) -> dict:
+def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: dict, notice: str | None = None) -> dict:
     decided = decide_claims(figures, runs_of, skipped)
     status = {f.name: status_rows(f, runs_of(f)) for f in figures}
     settings = {f.name: settings_rows(f, runs_of(f)) for f in figures}
     checks = theory_checks(figures, runs_of)
     report = {
         "preset": preset,
+        "notice": notice,
         "claims": decided,
         "theory": checks,
         "runs": status,
@@ -214,6 +215,7 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
     lines = [
         f"# Reproduction report (preset `{preset}`)",
         "",
+        *([f"> **{notice}**", ""] if notice else []),
         "Jacot, Súkeník, Wang, Mondelli, *Wide Neural Networks Trained with Weight Decay Provably "
         f"Exhibit Neural Collapse*, ICLR 2025. The claims, their rules and each figure's settings are in "
         f"[{doc}]({doc}); each figure is judged by the claims it illustrates, from the run directories "

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 from .config import default_data_dir
-from .figures import FigureSweep, preset_sweeps
+from .errors import ConfigError
+from .figures import FigureSweep, preset_notice, preset_sweeps
+from .io import hold_directory
 from .runs import Run, load_runs
 
 TERMINAL = ("finished", "diverged", "failed")
@@ -53,7 +55,8 @@ def _is_number(value) -> bool:
 
 
 def figure_runs(out: Path, figure: FigureSweep) -> list[Run]:
-    return [r for r in load_runs(out / "runs" / figure.name) if matches_sweep(r, figure)]
+    folder = out / "runs" / figure.name
+    return [r for r in load_runs(folder) if matches_sweep(r, figure)] if folder.is_dir() else []
 
 
 def run_subdir(figure: FigureSweep) -> str:
@@ -192,13 +195,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     jobs, figures = preset_sweeps(args.preset)
+    notice = preset_notice(args.preset)
     jobs = args.jobs or jobs
     out = Path(args.out) if args.out else Path("outputs") / "reproduce" / args.preset
-    out.mkdir(parents=True, exist_ok=True)
     if args.only is not None:
         unknown = set(args.only) - {f.name for f in figures}
         if unknown:
             raise SystemExit(f"error: unknown figure(s) {sorted(unknown)}; choose from {[f.name for f in figures]}")
+    out.mkdir(parents=True, exist_ok=True)
+    try:  # one reproduction per folder at a time: two would train the same runs and mix the report
+        lock = hold_directory(
+            out, "reproduction folder", "wait for it to end (it resumes when run again), or pass --out"
+        )
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    if notice:
+        print(f"\n*** {notice}\n", flush=True)
     # --only limits what trains; the figures and the report cover every figure with runs.
     to_run = figures if args.only is None else [f for f in figures if f.name in args.only]
     cifar = cifar_overrides(args.cifar, default_data_dir())
@@ -217,13 +229,17 @@ def main(argv: list[str] | None = None) -> int:
 
     reported = [f for f in figures if f.name not in skipped]
     loaded = {f.name: figure_runs(out, f) for f in reported}  # read every run directory once
-    made = make_figures(out, reported, lambda f: loaded[f.name])
-    report = write_report(out, args.preset, reported, lambda f: loaded[f.name], skipped)
+    # figures (and their W&B runs) only of what has runs and, with --only, of what this call trained
+    plotted = [f for f in reported if loaded[f.name] and (args.only is None or f.name in args.only)]
+    made = make_figures(out, plotted, lambda f: loaded[f.name])
+    report = write_report(out, args.preset, reported, lambda f: loaded[f.name], skipped, notice=notice)
     if args.wandb != "disabled":
         from .wandb_log import log_figure_runs
 
-        specs = [f.spec for f in reported]
-        logged = log_figure_runs(out, args.preset, specs, report["claims"], out / "REPORT.md", mode=args.wandb)
+        specs = [f.spec for f in plotted]
+        judged = {f.name for f in plotted}
+        claims = [c for c in report["claims"] if c["figure"] in judged]
+        logged = log_figure_runs(out, args.preset, specs, claims, out / "REPORT.md", mode=args.wandb)
         print(f"W&B: {len(logged)} figure runs under {out / 'wandb'} ({args.wandb})")
     print(f"\nfigures: {out / 'figures'} ({len(made)} files)")
     for claim in report["claims"]:
@@ -234,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     print(f"report: {out / 'REPORT.md'}  ({(time.time() - start) / 60:.1f} min)")
+    if notice:
+        print(f"\n*** {notice}")
+    lock.release()
     return 0
 
 

@@ -15,9 +15,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .arguments import checked
 from .rundir import last_checkpoint
 
 
+@checked
 def restore(
     run_dir: str | Path,
     checkpoint: str | Path | None = None,
@@ -29,7 +31,10 @@ def restore(
     ckpt = Path(checkpoint) if checkpoint else last_checkpoint(run_dir)
     for path, what in ((config, "config.yaml"), (ckpt, "checkpoint")):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run directory with a {what}")
+            raise FileNotFoundError(
+                f"restore({str(run_dir)!r}): {path} does not exist: not a run directory with a {what} "
+                "(give a directory that wdcollapse-train wrote, holding config.yaml and checkpoints/last.ckpt)"
+            )
     cfg = OmegaConf.load(config)
     data = instantiate(cfg.data)
     data.setup()

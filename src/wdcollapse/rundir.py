@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -26,8 +27,10 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from .errors import ConfigError
 from .io import (
+    LOCK_FILE,
     atomic_write_json,
     atomic_write_text,
+    hold_directory,
     keep_jsonl_rows,
     read_json,
     read_jsonl,
@@ -119,6 +122,21 @@ class Segment:
     wandb_record: dict = field(default_factory=dict)
     done: dict | None = None
     started: float = field(default_factory=time.time)
+    fresh: bool = True  # the directory held no run before this segment (config.yaml absent)
+    lock: object | None = None  # the directory's lock (rank 0), held until `release`
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def refused(self) -> None:
+        """A setting or the data refused this run before training started: a fresh directory loses
+        what `start` wrote (it holds nothing computed); a resumed one stays as it was (no `failed`)."""
+        if self.fresh and launched_rank() == 0:
+            for name in ("config.yaml", "summary.json", "error.txt", "metrics.jsonl", "grams.json"):
+                (self.out_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(self.out_dir / "wandb", ignore_errors=True)
 
     def running(self, **fields) -> dict:
         """summary.json status `running`; a resumed run keeps its start time."""
@@ -150,11 +168,32 @@ def start(cfg: DictConfig, out_dir: str | Path) -> Segment:
     """Make `out_dir` ready for `cfg`'s run: skip it when finished (resume=auto), continue it from
     its checkpoint, or start it over; refuse a directory that holds a run with other settings."""
     out_dir = check_writable(out_dir)
+    # One process per run directory: a second one (a second terminal, a requeued job) is refused
+    # while the first lives. Ranks > 0 of a DDP run share rank 0's directory (and its lock).
+    lock = None
+    if launched_rank() == 0:
+        lock = hold_directory(
+            out_dir,
+            "run directory",
+            "wait for that run to end (it resumes from here if killed), or choose another hydra.run.dir",
+        )
+    try:
+        segment = _start(cfg, out_dir)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    segment.lock = lock
+    return segment
+
+
+def _start(cfg: DictConfig, out_dir: Path) -> Segment:
     # Under DDP, ranks > 0 are started by rank 0 inside trainer.fit, with the same command line
     # and run directory: only rank 0 prepares the directory and writes config, summary and
     # error files (the metric callback and the checkpoint also write on rank 0 only).
     main_rank = launched_rank() == 0
     previous = read_json(out_dir / "summary.json") or {}
+    fresh = not (out_dir / "config.yaml").exists()
     finished = previous.get("status") in TERMINAL
     if main_rank and cfg.resume == "auto" and (finished or resume_checkpoint(cfg, out_dir)):
         check_same_run(cfg, out_dir / "config.yaml")
@@ -178,7 +217,7 @@ def start(cfg: DictConfig, out_dir: str | Path) -> Segment:
         wandb_id = None  # W&B picks its own id (offline, or the config's), or there is no W&B
     # Recorded when W&B logs this segment (null when under an id of its own); kept with no W&B.
     wandb_record = {"wandb_id": wandb_id} if any(is_wandb(c) for c in loggers) else {}
-    return Segment(out_dir, ckpt=ckpt, resumed=resumed, wandb_id=wandb_id, wandb_record=wandb_record)
+    return Segment(out_dir, ckpt=ckpt, resumed=resumed, wandb_id=wandb_id, wandb_record=wandb_record, fresh=fresh)
 
 
 def is_wandb(logger_cfg: DictConfig) -> bool:
@@ -208,6 +247,25 @@ def check_writable(directory: str | Path) -> Path:
             "choose another with hydra.run.dir=... (or hydra.sweep.dir=... for -m)"
         ) from None
     return directory
+
+
+def discard_unused(out_dir: Path, hydra_log: str | None = None) -> bool:
+    """Remove `out_dir` when it holds nothing but what Hydra and a refused start put there (Hydra's
+    `.hydra/` and job log, the directory's lock), and then its parents that this left empty, up to
+    the current directory. Returns whether it was removed. A directory with anything else in it
+    (a run's files) is left alone."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return False
+    ours = {".hydra", LOCK_FILE} | ({hydra_log} if hydra_log else set())
+    if set(os.listdir(out_dir)) - ours:
+        return False
+    shutil.rmtree(out_dir, ignore_errors=True)
+    cwd, parent = Path.cwd().absolute(), out_dir.absolute().parent
+    while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+    return True
 
 
 def nearest_existing_parent(path: Path) -> Path:

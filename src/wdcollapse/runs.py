@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 
 from . import keys
+from .arguments import checked
 from .io import read_json, read_jsonl
 
 
@@ -108,6 +109,7 @@ def by_lr_and_nonlinear_depth(runs: list[Run]) -> dict:
     return group_by(runs, lambda r: r.nonlinear_depth, lambda r: float(r.get("optim.lr")))
 
 
+@checked
 def load_run(path: str | Path) -> Run | None:
     """A run directory as written by `wdcollapse-train`; None if it has no config yet."""
     path = Path(path)
@@ -120,10 +122,16 @@ def load_run(path: str | Path) -> Run | None:
     return Run(path, config, summary, read_jsonl(path / "metrics.jsonl"), grams)
 
 
+@checked
 def load_runs(sweep_dir: str | Path) -> list[Run]:
-    """Every run directory directly under `sweep_dir`, sorted by path."""
+    """Every run directory directly under `sweep_dir` (a folder of a multirun, a figure's `runs/`
+    folder, or any folder of run directories), sorted by path. A folder that does not exist is a
+    FileNotFoundError of one line (a mistyped path must not read as an empty sweep)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        return []
+        raise FileNotFoundError(
+            f"load_runs({str(sweep_dir)!r}): no such folder; give the folder that holds the run directories "
+            "(e.g. hydra.sweep.dir of a multirun, or outputs/reproduce/<preset>/runs/<figure>)"
+        )
     runs = (load_run(p) for p in sorted(sweep_dir.iterdir()) if p.is_dir())
     return [r for r in runs if r is not None]

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from .arguments import allowed as _allowed
 from .errors import ConfigError
 
 DataName = Literal["mnist", "fashion_mnist", "cifar10"]
@@ -125,7 +126,8 @@ class Optim(Section):
     fused: bool = True  # SGD in torch's fused kernel: bitwise the default path's updates, faster steps
     weight_decay: Annotated[float, Field(ge=0)] = 1.8e-3
     trunk_weight_decay: Annotated[float, Field(ge=0)] | None = None  # None: weight_decay everywhere
-    warmup_epochs: Annotated[float, Field(ge=0)] = 10
+    # auto: min(10 epochs, a tenth of the run); a number longer than half the run is refused (config)
+    warmup_epochs: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
     lr_drop_at: Annotated[float, Field(gt=0, le=1)] | None = None
     lr_drop_factor: Annotated[float, Field(gt=0)] = 0.1
 
@@ -231,26 +233,6 @@ def _setting(loc: tuple) -> str:
         elif part.isidentifier() and part not in _TYPE_PARTS:
             name += f".{part}" if name else part
     return name
-
-
-def _allowed(error: dict) -> str:
-    """pydantic's message as what is allowed, e.g. 'an integer >= 1'."""
-    kind, ctx = error["type"], error.get("ctx", {})
-    bounds = {
-        "greater_than_equal": ">= {ge}",
-        "greater_than": "> {gt}",
-        "less_than": "< {lt}",
-        "less_than_equal": "<= {le}",
-    }
-    if kind in bounds:
-        return "a number " + bounds[kind].format(**ctx)
-    if kind == "literal_error":
-        return f"one of {ctx.get('expected', '')}"
-    if kind == "extra_forbidden":
-        return "no such setting (check the spelling; a model or data module of your own has its own keys)"
-    if kind == "missing":
-        return "a value (this setting is required)"
-    return error["msg"][0].lower() + error["msg"][1:]
 
 
 @functools.cache

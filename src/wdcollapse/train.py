@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from .data.errors import DataCorruptError, DataNotFoundError
 from .interfaces import MeasuredNetwork, MetricData, missing
 from .module import CollapseModule
 from .rundir import last_checkpoint, launched_rank, logger_kwargs, write_summary
-from .schema import OWN_DATA
+from .schema import OWN_DATA, OWN_MODELS
 
 log = logging.getLogger("wdcollapse")
 # Lightning's advertisement for its cloud logger, and a note on every checkpoint load.
@@ -83,16 +84,37 @@ def finish_loggers(trainer: pl.Trainer | None) -> None:
             wandb.finish()
 
 
+def raised_in_own_code(error: BaseException, target: str | None) -> bool:
+    """Whether `error` was raised inside the module of a user's class `target` (not this package's
+    own: those are checked by the schema, so what they raise is about a setting): any frame of its
+    traceback in that module's file (or package)."""
+    if not target or target in OWN_DATA + OWN_MODELS or "." not in target:
+        return False
+    module = sys.modules.get(target.rsplit(".", 1)[0])
+    source = getattr(module, "__file__", None)
+    if not source:
+        return False
+    root = Path(source).parent if Path(source).name == "__init__.py" else Path(source)
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(Path(f.filename) == root or root in Path(f.filename).parents for f in frames)
+
+
 @contextlib.contextmanager
-def from_setting(group: str):
+def from_setting(group: str, target: str | None = None):
     """An error while building `group` from its settings (a value the schema cannot judge, such as
-    Lightning's trainer.devices=3 on a 2-device machine) as a one-line ConfigError."""
+    Lightning's trainer.devices=3 on a 2-device machine) as a one-line ConfigError. An error raised
+    inside a user's own class (`target`, the group's `_target_`) is a bug to find, not a setting:
+    it keeps its traceback, with a note saying which class was being built."""
     try:
         yield
     except (ValueError, TypeError, MisconfigurationException, InstantiationException) as e:
         if isinstance(e, ConfigError):
             raise
         cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+        if raised_in_own_code(cause, target):
+            if hasattr(cause, "add_note"):
+                cause.add_note(f"(raised by your own {group}._target_={target} while wdcollapse built it)")
+            raise cause  # noqa: B904 (the user's traceback is the one to read)
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise ConfigError(f"{group}: {first} (check the {group}.* settings)") from None
 
@@ -107,41 +129,59 @@ def require_interface(obj, protocol, group: str) -> None:
         )
 
 
+REFUSALS = (ConfigError, DataNotFoundError, DataCorruptError)  # a setting or the data: one line, exit 2
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Train as `cfg` says into `out_dir`; returns the run's summary."""
+    """Train as `cfg` says into `out_dir`; returns the run's summary. The run directory is held by
+    this process until it returns (a second process is refused); a run refused by its settings or
+    data before training leaves a fresh directory as it found it."""
     check_config(cfg)
     segment = rundir.start(cfg, out_dir)
-    if segment.done is not None:
-        return segment.done
+    try:
+        return segment.done if segment.done is not None else _train(cfg, segment)
+    finally:
+        segment.release()
+
+
+def _train(cfg: DictConfig, segment: rundir.Segment) -> dict:
     out_dir = segment.out_dir
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), verbose=False)
     trainer = None
     try:
-        own_data = cfg.data._target_ in OWN_DATA  # a data module of the user's own groups no steps
-        with from_setting("data"):
-            datamodule = instantiate(cfg.data, **({"steps_per_call": int(cfg.steps_per_call)} if own_data else {}))
-            datamodule.setup("fit")
-            require_interface(datamodule, MetricData, "data")
-        with from_setting("model"):
-            net = instantiate(cfg.model)
-            require_interface(net, MeasuredNetwork, "model")
-        module = CollapseModule(
-            net,
-            cfg.loss.name,
-            cfg.loss.mse_reduction,
-            optim=OmegaConf.to_container(cfg.optim, resolve=True),
-            compile=bool(cfg.compile),
-            channels_last=bool(cfg.channels_last),
-        )
+        try:
+            own_data = cfg.data._target_ in OWN_DATA  # a data module of the user's own groups no steps
+            with from_setting("data", cfg.data._target_):
+                steps = {"steps_per_call": int(cfg.steps_per_call)} if own_data else {}
+                datamodule = instantiate(cfg.data, **steps)
+                datamodule.setup("fit")
+                require_interface(datamodule, MetricData, "data")
+            with from_setting("model", cfg.model._target_):
+                net = instantiate(cfg.model)
+                require_interface(net, MeasuredNetwork, "model")
+            module = CollapseModule(
+                net,
+                cfg.loss.name,
+                cfg.loss.mse_reduction,
+                optim=OmegaConf.to_container(cfg.optim, resolve=True),
+                compile=bool(cfg.compile),
+                channels_last=bool(cfg.channels_last),
+            )
+            with from_setting("trainer"):
+                trainer, monitor = build_trainer(cfg, out_dir, segment.wandb_id)
+        except REFUSALS:
+            finish_loggers(trainer)
+            segment.refused()  # nothing trained yet: a fresh directory is left as it was found
+            raise
         segment.running(name=cfg.name, seed=int(cfg.seed), num_train=datamodule.num_train)
-        with from_setting("trainer"):
-            trainer, monitor = build_trainer(cfg, out_dir, segment.wandb_id)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(segment.ckpt) if segment.ckpt else None)
         status, extra = "finished", {}
     except Diverged as e:
         log.warning("%s: %s", out_dir, e)
         status, extra = "diverged", {"diverged_epoch": e.epoch, "diverged_step": e.step}
+    except REFUSALS:
+        raise
     except BaseException as e:
         rundir.record_failure(out_dir, e)
         raise
@@ -184,9 +224,11 @@ def _hydra_main(cfg: DictConfig) -> None:
         summary = run(cfg, out_dir)
         if launched_rank() == 0:
             log.info("%s: %s (epoch %s)", out_dir, summary.get("status"), summary.get("epochs"))
-    except (ConfigError, DataNotFoundError, DataCorruptError) as e:
+    except REFUSALS as e:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:
+            # nothing is left behind: Hydra's .hydra/ and job log in a directory with no run in it go
+            rundir.discard_unused(out_dir, f"{HydraConfig.get().job.name}.log")
             sys.exit(2)
         # One bad combination of a sweep costs that job only; the report shows it as failed.
         with contextlib.suppress(OSError):

@@ -59,7 +59,8 @@ class RunLog:
             if key != keys.EPOCH:
                 run.define_metric(key, step_metric=keys.EPOCH)
         self.defined.update(new)
-        run.log({**record, **images})
+        # WandbLogger steps every key by trainer/global_step (step_sync): the row carries its own
+        run.log({**record, **images, "trainer/global_step": record[keys.STEP]})
 
 
 def log_figure_runs(
