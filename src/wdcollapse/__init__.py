@@ -2,7 +2,9 @@
 
 The public names, importable from the package itself (`from wdcollapse import MetricMonitor`).
 They load on first use, so `import wdcollapse.metrics` (or `metric_pass`) does not pull in
-Lightning or Hydra."""
+Lightning or Hydra. Two functions share their module's name and are imported from it:
+`from wdcollapse.metric_pass import metric_pass` and `from wdcollapse.restore import restore`
+(a package attribute of that name is the module once it is imported)."""
 
 from importlib import import_module
 
@@ -12,13 +14,10 @@ _PUBLIC = {
     "MetricMonitor": "callbacks",
     "DivergenceGuard": "callbacks",
     "AtomicCheckpoint": "callbacks",
-    "metric_pass": "metric_pass",
-    "measure": "metric_pass",
     "HookedNetwork": "interfaces",
     "LoaderData": "interfaces",
     "MeasuredNetwork": "interfaces",
     "MetricData": "interfaces",
-    "restore": "restore",
     "load_runs": "runs",
     "load_run": "runs",
     "ArgumentError": "errors",

@@ -22,7 +22,11 @@ _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 60, 60, 6, 6
 
 
 def shown(value) -> str:
-    """A value as an error message shows it: its repr, cut short."""
+    """A value as an error message shows it: its repr, cut short; an object without a repr of its
+    own as <its class>."""
+    text = repr(value) if not isinstance(value, (str, list, tuple, dict, set)) else None
+    if text is not None and text.startswith("<") and " at 0x" in text:
+        return f"<{type(value).__name__}>"
     return _repr.repr(value)
 
 

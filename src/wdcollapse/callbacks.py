@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pydantic import Field
+from pydantic import Field, InstanceOf
 from pytorch_lightning.callbacks import Callback, Checkpoint
 
 from . import keys
@@ -90,6 +90,9 @@ def extra_switches(extra, call: str = "MetricMonitor") -> ExtraMetrics:
     unknown = sorted(set(switches) - set(families))
     if unknown:
         raise refuse(call, "extra", extra, f"metric families from {families} (unknown: {unknown})")
+    not_bool = {k: v for k, v in switches.items() if not isinstance(v, bool)}
+    if not_bool:
+        raise refuse(call, "extra", extra, f"switches that are True or False ({not_bool} are not)")
     return ExtraMetrics(**switches)
 
 
@@ -159,7 +162,7 @@ class MetricMonitor(Callback):
         test_acc: bool = _DEFAULTS.test_acc,
         theory: Literal["auto"] | bool = _DEFAULTS.theory,
         exact: bool = _DEFAULTS.exact,
-        extra: ExtraMetrics | Mapping[str, bool] | Sequence[str] | None = None,
+        extra: InstanceOf[ExtraMetrics] | Mapping[str, bool] | Sequence[str] | None = None,
         layers: Sequence[str] | None = None,
         linear_depth: Annotated[int, Field(ge=0)] | None = None,
         data: Any = None,
@@ -229,13 +232,15 @@ class MetricMonitor(Callback):
         self._raw_log.clear()
 
     def stamp_epochs(self, trainer: pl.Trainer) -> None:
-        """Make the `epoch` that Lightning adds to what a LightningModule logs (`self.log`) follow
-        the rows of metrics.jsonl: epochs of training done, 0 = at initialisation, e = after e
-        epochs (Lightning's own is the 0-based index of the running epoch, one less at an
-        epoch's end). Lightning passes each logger the batches that stepped as `step`, so the
-        stamp is step / steps per epoch: a whole number at an epoch's end (and after it, in
-        validation), a fraction within an epoch. Each logger's `log_metrics` is wrapped on the
-        instance for this fit (teardown restores it); the monitor's own rows bypass the wrapper."""
+        """Make the `epoch` and `step` that Lightning gives each logger with what a LightningModule
+        logs (`self.log`) follow the rows of metrics.jsonl: epochs and optimizer steps of training
+        done (0 = at initialisation). Lightning's own are the 0-based index of the running epoch
+        and of the last step taken, one less than ours at an epoch's end (its `step` for every
+        log during an epoch, validation and epoch-end included, is the index of the last
+        optimizer step). So its step s becomes s + 1 and its epoch (s + 1) / steps per epoch: a
+        whole number at an epoch's end (and in the validation after it), a fraction within an
+        epoch. Each logger's `log_metrics` is wrapped on the instance for this fit (teardown
+        restores it); the monitor's own rows bypass the wrapper."""
         for logger in trainer.loggers:
             if id(logger) in self._raw_log:
                 continue
@@ -245,6 +250,7 @@ class MetricMonitor(Callback):
             def log_metrics(metrics, step=None, _original=original):
                 per_epoch = steps_per_epoch(trainer)
                 if step is not None and per_epoch and metrics.get("epoch") == trainer.current_epoch:
+                    step = step + 1
                     epochs = step / per_epoch
                     metrics = {**metrics, "epoch": int(epochs) if float(epochs).is_integer() else epochs}
                 return _original(metrics, step)

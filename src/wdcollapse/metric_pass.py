@@ -98,6 +98,10 @@ def check_pass_arguments(call: str, net, batches, num_classes, loss_fn, reduce, 
             f"a wdcollapse.interfaces.MeasuredNetwork (it lacks {lacking}); "
             "wrap any module with HookedNetwork(module, layers, linear_depth)",
         )
+    if isinstance(batches, torch.utils.data.Dataset) and not isinstance(batches, Iterable):
+        raise refuse(
+            call, "batches", batches, "the batches of a DataLoader, not a Dataset: DataLoader(dataset, batch_size=...)"
+        )
     if isinstance(batches, (str, bytes, Mapping)) or not (isinstance(batches, Iterable) or callable(batches)):
         raise refuse(call, "batches", batches, "an iterable of (inputs, labels) batches, or a function returning one")
     if num_classes is not None and (

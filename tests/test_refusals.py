@@ -1,0 +1,147 @@
+"""What the command line leaves behind when it refuses, and who may write a run directory: a refused
+run leaves nothing, a second process on a live run directory or reproduction folder is refused
+with one line while the first one's rows stay intact, a killed run's directory still resumes,
+and an exception from a user's own class keeps its traceback."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, TINY, read_metrics, run_train
+
+from wdcollapse.errors import ConfigError
+from wdcollapse.io import LOCK_FILE, hold_directory
+
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+
+def test_a_refused_setting_leaves_no_run_directory(tmp_path):
+    out = tmp_path / "outputs" / "runs" / "x"
+    cmd = [sys.executable, "-m", "wdcollapse.train", "model.width=abc", "hydra.run.dir=outputs/runs/x"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "model.width='abc' is not allowed" in proc.stderr
+    assert not out.exists() and not (tmp_path / "outputs").exists()  # nor the parents it made
+
+
+def test_missing_data_leaves_no_run_directory_and_no_failed_summary(tmp_path):
+    out = tmp_path / "run"
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    proc = run_train(out, "data=cifar10", "model=resnet20", f"paths.data_dir={empty}", "logger=none", check=False)
+    assert proc.returncode == 2 and "CIFAR-10 files" in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
+def test_a_refusal_on_an_existing_run_keeps_it_as_it_was(tmp_path):
+    run_train(tmp_path, *TINY, "logger=none")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != "train.log"}
+    proc = run_train(tmp_path, *TINY, "logger=none", "optim.lr=0.5", check=False)
+    assert proc.returncode == 2 and "holds a run with other settings" in proc.stderr
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != "train.log"}
+    assert after == before
+
+
+def test_the_lock_refuses_a_second_holder_and_is_released(tmp_path):
+    lock = hold_directory(tmp_path, "run directory", "wait")
+    with pytest.raises(ConfigError, match=r"run directory .* is in use by another live process; wait"):
+        hold_directory(tmp_path, "run directory", "wait")
+    lock.release()
+    hold_directory(tmp_path, "run directory", "wait").release()
+
+
+HOLD = "import sys, time; from wdcollapse.io import hold_directory; l = hold_directory(sys.argv[1], 'x', 'y'); print('held', flush=True); time.sleep(600)"
+
+
+def _holder(path):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_killed_holders_lock_dies_with_it(tmp_path):
+    proc = _holder(tmp_path)
+    with pytest.raises(ConfigError):
+        hold_directory(tmp_path, "run directory", "wait")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    hold_directory(tmp_path, "run directory", "wait").release()  # a killed run's directory can be resumed
+    assert (tmp_path / LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+def test_a_second_process_on_a_live_run_directory_is_refused_and_the_first_ones_rows_stay(tmp_path):
+    args = [*TINY, "trainer.max_epochs=5000", "callbacks.metrics.every_n=10", "logger=none"]
+    cmd = [sys.executable, "-m", "wdcollapse.train", *args, f"hydra.run.dir={tmp_path}"]
+    first = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(read_metrics(tmp_path) if (tmp_path / "metrics.jsonl").exists() else []) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    second = run_train(tmp_path, *args, check=False)
+    assert first.poll() is None, "the first run ended before the second started: make it longer"
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.strip().splitlines() == [
+        f"error: run directory {tmp_path} is in use by another live process; wait for that run to end (it resumes "
+        "from here if killed), or choose another hydra.run.dir"
+    ]
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    epochs = [r["epoch"] for r in read_metrics(tmp_path)]
+    assert epochs == list(range(0, epochs[-1] + 1, 10)) and len(epochs) >= 2  # the first run's rows, each once
+    # the lock died with its process: the directory is free to resume (tests/test_train.py resumes killed runs)
+    hold_directory(tmp_path, "run directory", "wait").release()
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "running"
+
+
+@pytest.mark.slow
+def test_a_second_reproduction_into_a_live_folder_is_refused(tmp_path):
+    holder = _holder(tmp_path)
+    try:
+        cmd = [sys.executable, "-m", "wdcollapse.reproduce", "--preset", "smoke", "--out", str(tmp_path)]
+        proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    finally:
+        holder.kill()
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"error: reproduction folder {tmp_path} is in use by another live process; wait for it to end (it resumes "
+        "when run again), or pass --out"
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
+USER_MODEL = '''
+import torch
+from wdcollapse.models import LayerwiseNet
+
+
+class BuggyNet(LayerwiseNet):
+    def __init__(self, num_classes: int, in_shape=(1, 28, 28)):
+        raise ValueError("a bug in my own model")
+'''
+
+
+@pytest.mark.slow
+def test_an_error_in_a_users_own_model_keeps_its_traceback(tmp_path):
+    (tmp_path / "mymodels.py").write_text(USER_MODEL)
+    conf = tmp_path / "conf" / "model"
+    conf.mkdir(parents=True)
+    (conf / "buggy.yaml").write_text("_target_: mymodels.BuggyNet\nnum_classes: ${data.num_classes}\n")
+    env = {**ENV, "PYTHONPATH": str(tmp_path)}
+    cmd = [sys.executable, "-m", "wdcollapse.train", "--config-dir", str(tmp_path / "conf"), "model=buggy"]
+    proc = subprocess.run(
+        [*cmd, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and 'mymodels.py", line' in proc.stderr and "a bug in my own model" in proc.stderr
+    assert "raised by your own model._target_=mymodels.BuggyNet" in proc.stderr
+    # a bad setting of this package's own model stays one line
+    proc = subprocess.run([*cmd[:3], "model.init=orthogonal"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
