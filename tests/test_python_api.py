@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from wdcollapse import ArgumentError, HookedNetwork, LoaderData, MetricMonitor, load_run, load_runs
 from wdcollapse.metric_pass import measure, metric_pass
-from wdcollapse.restore import restore
 from wdcollapse.models import LayerwiseNet
+from wdcollapse.restore import restore
 
 K, D, N = 4, 6, 64
 LAYERS = ["head.0", "head.2", "head.3"]  # one ReLU layer, a linear head of two

@@ -54,7 +54,10 @@ def test_the_lock_refuses_a_second_holder_and_is_released(tmp_path):
     hold_directory(tmp_path, "run directory", "wait").release()
 
 
-HOLD = "import sys, time; from wdcollapse.io import hold_directory; l = hold_directory(sys.argv[1], 'x', 'y'); print('held', flush=True); time.sleep(600)"
+HOLD = (
+    "import sys, time; from wdcollapse.io import hold_directory; "
+    "lock = hold_directory(sys.argv[1], 'x', 'y'); print('held', flush=True); time.sleep(600)"
+)
 
 
 def _holder(path):
