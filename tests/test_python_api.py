@@ -398,8 +398,11 @@ def test_the_default_warm_up_is_a_tenth_of_a_short_run_and_a_long_explicit_one_i
     from wdcollapse.errors import ConfigError
     from wdcollapse.module import lr_factor, warmup_epochs
 
-    assert warmup_epochs("auto", 3) == pytest.approx(0.3) and warmup_epochs("auto", 300) == 10
-    assert warmup_epochs(2, 3) == 2.0
+    assert warmup_epochs("auto", 3, 469) == pytest.approx(0.3) and warmup_epochs("auto", 300, 469) == 10
+    assert warmup_epochs("auto", 3, 10) == pytest.approx(1.5)  # 100 steps would be 10 epochs: half the run
+    assert warmup_epochs("auto", 40, 8) == pytest.approx(10.0)  # 100 steps = 12.5 epochs, capped at 10
+    assert warmup_epochs("auto", 20, 50) == pytest.approx(2.0)  # a tenth of the run (100 steps = 2 epochs)
+    assert warmup_epochs(2, 3, 469) == 2.0
     # a warm-up shorter than one step is one step: the factor never exceeds 1
     assert [lr_factor(s, 1, 3, 0.3, None, 0.1) for s in range(3)] == [1.0, 1.0, 1.0]
     register_resolvers()

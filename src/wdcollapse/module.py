@@ -50,14 +50,18 @@ def half_sum_factor(loss: str, mse_reduction: str, num_samples: int, num_classes
     raise ValueError(f"unknown mse_reduction {mse_reduction!r}; choose {MSE_REDUCTIONS}")
 
 
-AUTO_WARMUP_EPOCHS, AUTO_WARMUP_FRACTION = 10.0, 0.1
+# optim.warmup_epochs=auto: a tenth of the run, at least 100 steps, at most 10 epochs and half the run
+AUTO_WARMUP_EPOCHS, AUTO_WARMUP_FRACTION, AUTO_WARMUP_MIN_STEPS = 10.0, 0.1, 100
 
 
-def warmup_epochs(setting, max_epochs: int) -> float:
-    """The warm-up's length in epochs: `optim.warmup_epochs`, or for `auto` (the default)
-    min(10 epochs, a tenth of the run), so that a short run leaves its warm-up and learns."""
+def warmup_epochs(setting, max_epochs: int, steps_per_epoch: int) -> float:
+    """The warm-up's length in epochs: `optim.warmup_epochs`, or for `auto` (the default) a tenth
+    of the run but at least 100 optimizer steps (a deep He-initialised MLP at lr 0.01 diverges
+    after a shorter one), and at most 10 epochs and half the run: a short run leaves its warm-up
+    and learns, a long one keeps the 10 epochs of earlier versions."""
     if setting == "auto":
-        return min(AUTO_WARMUP_EPOCHS, AUTO_WARMUP_FRACTION * max_epochs)
+        longer = max(AUTO_WARMUP_FRACTION * max_epochs, AUTO_WARMUP_MIN_STEPS / max(1, steps_per_epoch))
+        return min(AUTO_WARMUP_EPOCHS, longer, 0.5 * max_epochs)
     return float(setting)
 
 
@@ -223,7 +227,7 @@ def build_optimizer(params, optim: dict, steps_per_epoch: int, max_epochs: int):
             step,
             steps_per_epoch,
             max_epochs,
-            warmup_epochs(o.get("warmup_epochs", 0), max_epochs),
+            warmup_epochs(o.get("warmup_epochs", 0), max_epochs, steps_per_epoch),
             o.get("lr_drop_at"),
             float(o.get("lr_drop_factor", 0.1)),
         ),

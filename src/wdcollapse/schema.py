@@ -126,7 +126,7 @@ class Optim(Section):
     fused: bool = True  # SGD in torch's fused kernel: bitwise the default path's updates, faster steps
     weight_decay: Annotated[float, Field(ge=0)] = 1.8e-3
     trunk_weight_decay: Annotated[float, Field(ge=0)] | None = None  # None: weight_decay everywhere
-    # auto: min(10 epochs, a tenth of the run); a number longer than half the run is refused (config)
+    # auto: a tenth of the run, >= 100 steps, <= 10 epochs and half the run; a number > half the run is refused
     warmup_epochs: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
     lr_drop_at: Annotated[float, Field(gt=0, le=1)] | None = None
     lr_drop_factor: Annotated[float, Field(gt=0)] = 0.1
