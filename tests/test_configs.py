@@ -186,3 +186,22 @@ def test_trunk_weight_decay_is_refused_for_the_mlp_before_any_data_is_read():
     cfg = job_cfg("optim.trunk_weight_decay=0.001")
     assert re.search(r"optim.trunk_weight_decay=0.001 is not allowed: null with model=mlp", refusal(cfg))
     check_config(job_cfg("model=resnet20", "optim.trunk_weight_decay=0.001"))
+
+
+def test_the_readme_quotes_the_presets_numbers_as_the_configs_hold_them():
+    """Where the README quotes a preset's setting, it is the config's value (they drifted once)."""
+    from omegaconf import OmegaConf
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    conf = repo / "src" / "wdcollapse" / "conf"
+    every_n = OmegaConf.load(conf / "preset" / "cpu.yaml").callbacks.metrics.every_n
+    ordinal = {2: "2nd", 3: "3rd"}.get(every_n, f"{every_n}th")
+    assert f"the cpu preset\nevaluates every {ordinal}" in readme
+    sweep = OmegaConf.load(conf / "reproduce" / "cpu.yaml").figures.nonlinear_depth_mnist.sweep
+    lrs = [str(v) for v in str(sweep["optim.lr"]).split(",")]
+    assert f"the non-linear-depth sweep at {lrs[0]} and {lrs[1]}" in readme
+    depths = str(sweep["model.nonlinear_depth"]).split(",")
+    table = readme[readme.index("## Assumptions") :]
+    row = next(line for line in table.splitlines() if line.startswith("| depths of the non-linear-depth sweep"))
+    assert all(d in row for d in depths), row

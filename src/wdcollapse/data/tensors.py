@@ -1,4 +1,5 @@
 """In-memory data: the whole (sub)set as one tensor, batches by indexing a permutation."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -11,8 +12,14 @@ from ..schema import Normalize, names
 from .sources import MEAN_STD, NUM_CLASSES, load_split
 
 
-def class_balanced_subset(labels: torch.Tensor, num_per_class: int, num_classes: int, seed: int,
-                          setting: str = "data.num_per_class", split: str = "training") -> torch.Tensor:
+def class_balanced_subset(
+    labels: torch.Tensor,
+    num_per_class: int,
+    num_classes: int,
+    seed: int,
+    setting: str = "data.num_per_class",
+    split: str = "training",
+) -> torch.Tensor:
     """Indices of `num_per_class` samples of each class, drawn by `seed`, in ascending order.
     `setting` and `split` name what the error message is about."""
     counts = torch.bincount(labels, minlength=num_classes)
@@ -20,7 +27,8 @@ def class_balanced_subset(labels: torch.Tensor, num_per_class: int, num_classes:
     if num_per_class > counts[smallest]:
         raise ValueError(
             f"{setting}={num_per_class} but class {smallest}, the smallest, has only {int(counts[smallest])} "
-            f"{split} samples; use at most {int(counts[smallest])} (or null for the whole set)")
+            f"{split} samples; use at most {int(counts[smallest])} (or null for the whole set)"
+        )
     g = torch.Generator().manual_seed(seed)
     picked = []
     for c in range(num_classes):
@@ -38,8 +46,16 @@ class PermutationBatches:
     perm[rank::world], as torch's DistributedSampler does; `batch_size` is per process.
     With `world` = 1 the batches are those of the single-process run, in its order."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: Callable[[], int],
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        epoch: Callable[[], int],
+        rank: int = 0,
+        world: int = 1,
+    ):
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in 0..{world - 1}")
         self.x, self.y, self.batch_size, self.seed, self.epoch = x, y, batch_size, seed, epoch
@@ -173,12 +189,18 @@ class TensorDataModule(pl.LightningDataModule):
         x, y = self._load(train=False)
         x = self._standardise(x)
         if self.test_num_per_class is not None:
-            keep = class_balanced_subset(y, self.test_num_per_class, self.num_classes, self.subset_seed,
-                                         setting="data.test_num_per_class", split="test")
+            keep = class_balanced_subset(
+                y,
+                self.test_num_per_class,
+                self.num_classes,
+                self.subset_seed,
+                setting="data.test_num_per_class",
+                split="test",
+            )
             x, y = x[keep], y[keep]
         self.test_x, self.test_y = x.contiguous(), y
 
-    def to(self, device: torch.device | str) -> "TensorDataModule":
+    def to(self, device: torch.device | str) -> TensorDataModule:
         """Move the whole data set to the training device once: no per-batch copies."""
         self.train_x, self.train_y = self.train_x.to(device), self.train_y.to(device)
         self.test_x, self.test_y = self.test_x.to(device), self.test_y.to(device)
@@ -203,8 +225,9 @@ class TensorDataModule(pl.LightningDataModule):
         rank, world = self.rank_and_world()
         # full batch under data parallelism: each rank's whole shard
         batch = self.batch_size or -(-self.num_train // world)
-        return PermutationBatches(self.train_x, self.train_y, batch, self.shuffle_seed, self._epoch,
-                                  rank=rank, world=world)
+        return PermutationBatches(
+            self.train_x, self.train_y, batch, self.shuffle_seed, self._epoch, rank=rank, world=world
+        )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -216,8 +239,12 @@ class TensorDataModule(pl.LightningDataModule):
         # before every manual_backward, so each step of a group all-reduces its gradients.
         return StepGroups(self.train_batches(), self.steps_per_call)
 
-    def eval_batches(self, split: str = "train", rank: int = 0, world: int = 1,
-                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(
+        self,
+        split: str = "train",
+        rank: int = 0,
+        world: int = 1,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split in its stored order, in chunks of `eval_chunk` samples. With `world` > 1,
         rank `rank`'s share: the chunks i with i % world == rank, so the ranks' shares are
         disjoint, cover the split, and hold the very chunks of the single-process pass (whose
