@@ -165,7 +165,7 @@ def test_checkpoint_of_the_automatic_optimization_era_resumes_with_its_step_coun
     loop = ckpt["loops"]["fit_loop"]
     manual = loop["epoch_loop.manual_optimization.optim_step_progress"]
     assert manual["total"]["completed"] == 16
-    # As session 1 wrote it: the steps counted by the automatic loop, the manual one empty.
+    # As the first version wrote it: the steps counted by the automatic loop, the manual one empty.
     auto = loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]
     auto["total"], auto["current"] = dict(manual["total"]), dict(manual["current"])
     for part in ("total", "current"):

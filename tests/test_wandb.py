@@ -12,7 +12,6 @@ import pytest
 from conftest import TINY, run_train, wandb_records
 
 from wdcollapse import keys
-from wdcollapse.dashboards import FAMILIES
 from wdcollapse.figures import FIGURES
 
 pytestmark = pytest.mark.slow
@@ -128,7 +127,9 @@ def test_the_dashboard_description_has_a_panel_per_metric_family_per_figure(tmp_
     for name, figure in described["figures"].items():
         assert figure["group"] == f"{name}-cpu"
         lines = [p for s in figure["sections"] for p in s["panels"] if p["kind"] == "line"]
-        assert [p["metric_regex"] for p in lines] == [rf"^{family}/layer_\d+$" for family, _, _ in FAMILIES]
+        assert [p["metric_regex"] for p in lines] == [
+            rf"^{family}/layer_\d+$" for family in (f.key for f in keys.FAMILIES)
+        ]
         assert all(p["x"] == keys.EPOCH and p["groupby"] == "seed" for p in lines)
         view_sections = figure["view"]["spec"]["section"]["panel_bank_config"]["sections"]
-        assert [s["name"] for s in view_sections][:4] == [family for family, _, _ in FAMILIES]
+        assert [s["name"] for s in view_sections][:4] == [family for family in (f.key for f in keys.FAMILIES)]

@@ -15,12 +15,13 @@ import torch
 from pydantic import Field, InstanceOf
 from pytorch_lightning.callbacks import Callback, Checkpoint
 
-from . import keys
+from . import keys, runfiles
 from .arguments import check_pairs, checked, refuse
 from .errors import ArgumentError
 from .interfaces import HookedNetwork, LoaderData, MeasuredNetwork, MetricData, missing
 from .io import append_jsonl, atomic_write_json, read_jsonl
 from .metric_pass import accuracy, gather_states, measure, metric_pass
+from .runfiles import RunFiles
 from .schema import ExtraMetrics, Metrics, PositiveInt, Schedule, names
 from .theory_monitors import theory_observers
 from .wandb_log import RunLog, is_wandb_logger
@@ -211,7 +212,7 @@ class MetricMonitor(Callback):
 
     @property
     def metrics_path(self) -> Path:
-        return self.out_dir / "metrics.jsonl"
+        return RunFiles(self.out_dir).metrics
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Before any pass: the output folder (default: the Trainer's default_root_dir) exists,
@@ -374,7 +375,7 @@ class MetricMonitor(Callback):
         pl_module.train(was_training)
         if trainer.is_global_zero:
             append_jsonl(self.metrics_path, record)
-            atomic_write_json(self.out_dir / "grams.json", {"epoch": epoch, "grams": grams})
+            atomic_write_json(RunFiles(self.out_dir).grams, {"epoch": epoch, "grams": grams})
             for logger in trainer.loggers:
                 if is_wandb_logger(logger):  # against the epoch, with the Gram images
                     if id(logger) not in self._wandb:
@@ -397,7 +398,7 @@ class AtomicCheckpoint(Checkpoint):
 
     @property
     def last_path(self) -> Path:
-        return self.dirpath / "last.ckpt"
+        return self.dirpath / Path(runfiles.CHECKPOINT).name
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1

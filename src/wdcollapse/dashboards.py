@@ -21,12 +21,6 @@ from .io import atomic_write_text
 from .wandb_log import GRAM_IMAGE
 
 # (family, panel title, log y axis): the quantities the theory has fall exponentially on log axes
-FAMILIES = [
-    (keys.NC1, "NC1 = tr(Sigma_W) / tr(Sigma_B), per layer", True),
-    (keys.NC2, "NC2 = s_1(M) / s_K(M) of the class means, per layer", False),
-    (keys.BALANCEDNESS, "balancedness of pair (l, l+1)", True),
-    (keys.NEGATIVITY, "negativity of the ReLU layers", False),
-]
 
 
 def panels() -> list[dict]:
@@ -46,7 +40,7 @@ def panels() -> list[dict]:
                 }
             ],
         }
-        for family, title, log_y in FAMILIES
+        for family, title, log_y in ((f.key, f.summary, f.log_y) for f in keys.FAMILIES)
     ]
     sections.append(
         {

@@ -7,6 +7,7 @@ REDUCTION notes that explain them). docs/claims.md describes all of it in prose.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from dataclasses import dataclass, field
 
@@ -16,16 +17,34 @@ from .config import CONF_DIR
 
 
 @dataclass(frozen=True)
+class Plotter:
+    """A figure's plotter, named by module and function and imported when called (so that the
+    registry loads without matplotlib): plotter(runs, stem, spec) -> the files it wrote."""
+
+    module: str
+    function: str
+
+    def __call__(self, runs: list, stem, spec) -> list:
+        return getattr(importlib.import_module(self.module), self.function)(runs, stem, spec)
+
+
+def plotter(function: str) -> Plotter:
+    """One of wdcollapse.plots.kinds' plotters (training, linear_depth, nonlinear_depth, theory)."""
+    return Plotter("wdcollapse.plots.kinds", function)
+
+
+@dataclass(frozen=True)
 class FigureSpec:
     name: str  # = the experiment config conf/experiment/<name>.yaml
     title: str
     paper_figure: str | None  # where it is in the paper; None for our own experiment
-    plot: str  # "training" | "linear_depth" | "nonlinear_depth" | "theory"
+    plot: Plotter  # draws the figure from its runs
     claims: tuple[int, ...] = ()  # the claims of claims.CLAIMS this figure is judged by
     first_plotted_layer: int = 1  # the training curves start at this layer (the paper's choice)
     paper: dict = field(default_factory=dict)  # settings the paper states for this figure
     open_architecture: tuple[str, ...] = ()  # architecture settings the paper leaves open here
     theorem31: bool = False  # Theorem 3.1's bound is checked on this figure's runs
+    balancing_rate: bool = False  # Theorem 4.4's phase-2 balancing rate is checked (theory.json)
 
     @property
     def ours(self) -> bool:
@@ -39,7 +58,7 @@ FIGURES: dict[str, FigureSpec] = {
             "mlp_mnist",
             "MLP (6 ReLU + 3 linear) on MNIST",
             "early Fig. 1 / ICLR Fig. 4",
-            "training",
+            plotter("training"),
             claims=(1, 2),
             first_plotted_layer=3,
             theorem31=True,
@@ -49,7 +68,7 @@ FIGURES: dict[str, FigureSpec] = {
             "resnet20_cifar10",
             "ResNet20 + 3 ReLU + 3 linear on CIFAR-10",
             "ICLR Fig. 1",
-            "training",
+            plotter("training"),
             claims=(1, 2),
             first_plotted_layer=1,
             paper={"optim.lr": 0.001, "optim.weight_decay": 0.001, "trainer.max_epochs": "~5000"},
@@ -58,7 +77,7 @@ FIGURES: dict[str, FigureSpec] = {
             "linear_depth_mnist",
             "MLP with 5 ReLU layers on MNIST: linear-head depth",
             "Fig. 2 (MNIST)",
-            "linear_depth",
+            plotter("linear_depth"),
             claims=(3,),
             paper={"optim.lr": 0.001, "optim.weight_decay": "0.001 and 0.004"},
         ),
@@ -66,7 +85,7 @@ FIGURES: dict[str, FigureSpec] = {
             "linear_depth_cifar10",
             "ResNet20 on CIFAR-10: linear-head depth",
             "Fig. 2 (CIFAR-10)",
-            "linear_depth",
+            plotter("linear_depth"),
             claims=(3,),
             open_architecture=("model.nonlinear_depth",),
             paper={"optim.lr": 0.001, "optim.weight_decay": 0.001},
@@ -75,7 +94,7 @@ FIGURES: dict[str, FigureSpec] = {
             "resnet20_mnist",
             "ResNet20 on MNIST: linear-head depth",
             "appendix Fig. 5",
-            "linear_depth",
+            plotter("linear_depth"),
             claims=(3,),
             open_architecture=("model.nonlinear_depth",),
         ),
@@ -83,7 +102,7 @@ FIGURES: dict[str, FigureSpec] = {
             "nonlinear_depth_mnist",
             "MLP on MNIST: non-linear depth",
             "Fig. 3",
-            "nonlinear_depth",
+            plotter("nonlinear_depth"),
             claims=(4,),
             open_architecture=("model.linear_depth",),
             paper={"optim.lr": "0.001 and 0.002", "optim.weight_decay": "0.016 / L"},
@@ -92,8 +111,9 @@ FIGURES: dict[str, FigureSpec] = {
             "theory_gd",
             "Full-batch GD in Theorem 4.4's setting",
             None,
-            "theory",
+            plotter("theory"),
             theorem31=True,
+            balancing_rate=True,
             open_architecture=(
                 "model.nonlinear_depth",
                 "model.linear_depth",

@@ -7,6 +7,7 @@ in the paper: layer l is the output Z_l of the l-th layer, pair l the weights (W
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 EPOCH = "epoch"  # epochs of training done: 0 = at initialisation, e = after e epochs
 STEP = "step"  # optimizer steps done (trainer.global_step)
@@ -19,6 +20,55 @@ NC3 = "nc3"  # of the penultimate features Z_(L-1) against the last weight W_L
 # is recorded for the activated layers only.
 NC1, NC2, BALANCEDNESS, NEGATIVITY = "nc1", "nc2", "balancedness", "negativity"
 PER_LAYER = (NC1, NC2, BALANCEDNESS, NEGATIVITY)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A per-layer metric family as every view shows it: the figures (plots), the W&B dashboards
+    (dashboards) and anything new read these, so a family is described once."""
+
+    key: str  # the key's prefix: `<key>/layer_l`
+    title: str  # a panel's title in the figures
+    summary: str  # a dashboard section's title: the definition in plain text
+    axis: str  # the y label in the figures (matplotlib mathtext)
+    scale: str  # y axis: "log" (the theory predicts exponential decay), "linear", or "auto"
+
+    @property
+    def log_y(self) -> bool:
+        return self.scale == "log"
+
+
+FAMILIES = (
+    Family(
+        NC1,
+        "NC1 (within-class variability)",
+        "NC1 = tr(Sigma_W) / tr(Sigma_B), per layer",
+        r"NC1 = tr($\Sigma_W$) / tr($\Sigma_B$)",
+        "log",
+    ),
+    Family(
+        NC2,
+        "NC2 (condition number of class means)",
+        "NC2 = s_1(M) / s_K(M) of the class means, per layer",
+        r"NC2 = $s_1(\bar Z) / s_K(\bar Z)$",
+        "auto",
+    ),
+    Family(
+        BALANCEDNESS,
+        "balancedness of pair (l, l+1)",
+        "balancedness of pair (l, l+1)",
+        "$\\|W_{l+1}^T W_{l+1} - W_l W_l^T\\|_{op}$\n/ min($\\|W_{l+1}^T W_{l+1}\\|_{op}$, $\\|W_l W_l^T\\|_{op}$)",
+        "log",
+    ),
+    Family(
+        NEGATIVITY,
+        "negativity (ReLU layers)",
+        "negativity of the ReLU layers",
+        r"$\|Z_l - \sigma(Z_l)\|_{op} / \|Z_l\|_{op}$ (pre-activation)",
+        "linear",
+    ),
+)
+FAMILY = {f.key: f for f in FAMILIES}
 
 THEORY = "theory"  # Theorem 3.1's quantities: `theory/nc1_bound`, ...
 

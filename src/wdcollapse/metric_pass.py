@@ -276,14 +276,14 @@ def measure(
 
     row: dict[str, float] = {}
     w64 = [w.double() for w in weights]
-    sq_ops = [metrics._sq_op_norm(w) for w in w64]  # each weight is in two pairs
+    sq_ops = [metrics.sq_op_norm(w) for w in w64]  # each weight is in two pairs
     for l in range(L):
         row[keys.layer(keys.NC1, l + 1)] = outs[l].nc1()
         row[keys.layer(keys.NC2, l + 1)] = outs[l].nc2()
         if l in negs:
             row[keys.layer(keys.NEGATIVITY, l + 1)] = negs[l].value()
         if l + 1 < L:
-            row[keys.layer(keys.BALANCEDNESS, l + 1)] = metrics._balancedness(
+            row[keys.layer(keys.BALANCEDNESS, l + 1)] = metrics.balancedness_of_pair(
                 w64[l + 1], w64[l], sq_ops[l + 1], sq_ops[l]
             )
     if penultimate >= 0:

@@ -52,7 +52,7 @@ _EPS = torch.finfo(torch.float64).tiny
 # validation helpers
 
 
-def _check_2d(x: torch.Tensor, name: str, exact: bool = True) -> torch.Tensor:
+def check_2d(x: torch.Tensor, name: str, exact: bool = True) -> torch.Tensor:
     """x as float64 (exact) or in its own floating precision, at least float32."""
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -63,10 +63,10 @@ def _check_2d(x: torch.Tensor, name: str, exact: bool = True) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _check_inputs(features, labels, num_classes: int, exact: bool = True, check_range: bool = True):
+def check_inputs(features, labels, num_classes: int, exact: bool = True, check_range: bool = True):
     """Validate and return (features [N, d], float64 if exact, and labels long [N]).
     `check_range=False` skips the label range (a host read), for labels checked already."""
-    z = _check_2d(features, "features", exact)
+    z = check_2d(features, "features", exact)
     if int(num_classes) != num_classes or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
@@ -90,7 +90,7 @@ def check_label_range(labels: torch.Tensor, num_classes: int) -> None:
 
 
 def _check_weight(weight, num_classes: int, dim: int) -> torch.Tensor:
-    w = _check_2d(weight, "weight")
+    w = check_2d(weight, "weight")
     if w.shape != (num_classes, dim):
         raise ValueError(f"weight must have shape [K, d] = [{num_classes}, {dim}], got {tuple(w.shape)}")
     return w
@@ -216,7 +216,7 @@ def nc1(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float
     Sigma_B = 1/K sum_c (mu_c - mu_G)(mu_c - mu_G)^T, mu_G the mean of all N
     samples. Only traces are computed. Raises ValueError if a class is empty.
     """
-    z, y = _check_inputs(features, labels, num_classes)
+    z, y = check_inputs(features, labels, num_classes)
     return _nc1_from_stats(*_class_stats(z, y, num_classes))
 
 
@@ -224,7 +224,7 @@ def nc2(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float
     """NC2 = s_1 / s_K, the condition number of the d x K matrix of uncentred
     class means [mu_1, ..., mu_K]; inf if s_K = 0, nan if every mean is 0 (0/0, as NC1).
     Raises ValueError if a class is empty."""
-    z, y = _check_inputs(features, labels, num_classes)
+    z, y = check_inputs(features, labels, num_classes)
     counts, means, _ = _class_stats(z, y, num_classes)
     _require_all_classes(counts)
     return _nc2_from_means(means)
@@ -235,8 +235,8 @@ def nc3(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> f
 
     A zero vector has cosine 0 with anything.
     """
-    w = _check_2d(weight, "weight")
-    z, y = _check_inputs(features, labels, w.shape[0])
+    w = check_2d(weight, "weight")
+    z, y = check_inputs(features, labels, w.shape[0])
     w = _check_weight(w, w.shape[0], z.shape[1]).to(z.device)
     if z.shape[0] == 0:
         raise ValueError("nc3 needs at least one sample")
@@ -248,7 +248,7 @@ def nc1_papyan(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -
     ^+ the pseudo-inverse (rank tolerance: see `NCAccumulator.nc1_papyan`); inf (nan) if the
     class means coincide and the within-class scatter is non-zero (zero). Raises ValueError if
     a class is empty."""
-    z, y = _check_inputs(features, labels, num_classes)
+    z, y = check_inputs(features, labels, num_classes)
     counts, means, _, s_w = _class_stats(z, y, num_classes, scatter=True)
     return _nc1_papyan_from_stats(counts, means, s_w)
 
@@ -257,14 +257,14 @@ def cdnv(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> floa
     """Galanti et al.'s class-distance normalised variance: the mean over class pairs c < c' of
     (var_c + var_c') / (2 ||mu_c - mu_c'||^2), var_c = the mean of ||z - mu_c||^2 over class c;
     nan for one class. Raises ValueError if a class is empty."""
-    z, y = _check_inputs(features, labels, num_classes)
+    z, y = check_inputs(features, labels, num_classes)
     return _cdnv_from_stats(*_class_stats(z, y, num_classes))
 
 
 def equinorm(vectors: torch.Tensor) -> float:
     """std / mean of the norms of the rows of `vectors` [K, d] (std with 1/K, not 1/(K-1)): 0
     when they all have the same norm; nan when they are all zero."""
-    norms = _check_2d(vectors, "vectors").norm(dim=1)
+    norms = check_2d(vectors, "vectors").norm(dim=1)
     mean = float(norms.mean()) if norms.numel() else 0.0
     return float("nan") if mean == 0.0 else float(norms.std(correction=0)) / mean
 
@@ -272,7 +272,7 @@ def equinorm(vectors: torch.Tensor) -> float:
 def equiangularity(vectors: torch.Tensor) -> float:
     """Mean over pairs of rows c < c' of |cos(v_c, v_c') + 1/(K-1)|: 0 for the K rows of a
     simplex ETF (all cosines -1/(K-1)). A zero row has cosine 0 with anything; nan for K < 2."""
-    v = _check_2d(vectors, "vectors")
+    v = check_2d(vectors, "vectors")
     k = v.shape[0]
     if k < 2:
         return float("nan")
@@ -286,7 +286,7 @@ def self_duality(weight: torch.Tensor, centred: torch.Tensor) -> float:
     """|| W / ||W||_F - M / ||M||_F ||_F^2 for the last weight W [K, d] and the centred class
     means M [K, d] of its input (row c: class c): 0 when W is a positive multiple of M, at most 4;
     nan when either is zero."""
-    w, m = _check_2d(weight, "weight"), _check_2d(centred, "centred")
+    w, m = check_2d(weight, "weight"), check_2d(centred, "centred")
     if w.shape != m.shape:
         raise ValueError(f"weight {tuple(w.shape)} and class means {tuple(m.shape)} differ in shape")
     m = m.to(w.device)
@@ -300,8 +300,8 @@ def nearest_class_centre(features: torch.Tensor, means: torch.Tensor, exact: boo
     """The class c minimising ||z_i - mu_c|| for each row z_i of `features` [n, d], with the class
     means `means` [K, d]: long [n] (ties: the lowest class). `exact=False`: in the features'
     precision."""
-    z = _check_2d(features, "features", exact)
-    mu = _check_2d(means, "means").to(device=z.device, dtype=z.dtype)
+    z = check_2d(features, "features", exact)
+    mu = check_2d(means, "means").to(device=z.device, dtype=z.dtype)
     if mu.shape[1] != z.shape[1]:
         raise ValueError(f"means have {mu.shape[1]} columns, the features {z.shape[1]}")
     # argmin_c ||z - mu_c||^2 = argmin_c ||mu_c||^2 - 2 z . mu_c, after moving the origin to the
@@ -315,10 +315,10 @@ def nearest_class_centre(features: torch.Tensor, means: torch.Tensor, exact: boo
 def op_norm(x: torch.Tensor) -> float:
     """Operator (spectral) norm ||x||_op = sqrt(lambda_max(G)), with G the
     smaller of the Gram matrices x^T x and x x^T (float64)."""
-    return math.sqrt(_sq_op_norm(_check_2d(x, "x")))
+    return math.sqrt(sq_op_norm(check_2d(x, "x")))
 
 
-def _sq_op_norm(x: torch.Tensor) -> float:
+def sq_op_norm(x: torch.Tensor) -> float:
     """||x||_op^2, the largest eigenvalue of the smaller Gram matrix of x."""
     return _gram_eigmax(_gram(x) if x.shape[1] <= x.shape[0] else _gram(x.T))
 
@@ -344,11 +344,11 @@ def _gram_eigmax(gram: torch.Tensor) -> float:
     return max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0)
 
 
-def _gram_op_norm(gram: torch.Tensor) -> float:
+def gram_op_norm(gram: torch.Tensor) -> float:
     return math.sqrt(_gram_eigmax(gram))
 
 
-def _sym_op_norm(a: torch.Tensor) -> float:
+def sym_op_norm(a: torch.Tensor) -> float:
     """Operator norm of a symmetric matrix: max |eigenvalue|."""
     return float(torch.linalg.eigvalsh(a).abs().max())
 
@@ -359,21 +359,21 @@ def balancedness(w_next: torch.Tensor, w: torch.Tensor) -> float:
     w is [n_l, n_{l-1}], w_next is [n_{l+1}, n_l]. Returns 0 when both Gram
     matrices are zero and inf when only the smaller one is.
     """
-    a = _check_2d(w_next, "w_next")
-    b = _check_2d(w, "w")
+    a = check_2d(w_next, "w_next")
+    b = check_2d(w, "w")
     if a.shape[1] != b.shape[0]:
         raise ValueError(
             f"weights do not chain: w_next has shape {tuple(a.shape)} (expects "
             f"n_l = {a.shape[1]}) but w has shape {tuple(b.shape)} (n_l = {b.shape[0]})"
         )
     b = b.to(a.device)
-    return _balancedness(a, b, _sq_op_norm(a), _sq_op_norm(b))
+    return balancedness_of_pair(a, b, sq_op_norm(a), sq_op_norm(b))
 
 
-def _balancedness(a: torch.Tensor, b: torch.Tensor, sq_op_a: float, sq_op_b: float) -> float:
+def balancedness_of_pair(a: torch.Tensor, b: torch.Tensor, sq_op_a: float, sq_op_b: float) -> float:
     """`balancedness` given ||W_{l+1}^T W_{l+1}||_op = ||a||_op^2 and ||W_l W_l^T||_op =
     ||b||_op^2 (each weight is in two pairs: the metric pass computes them once)."""
-    num = _sym_op_norm(a.T @ a - b @ b.T)
+    num = sym_op_norm(a.T @ a - b @ b.T)
     den = min(sq_op_a, sq_op_b)
     if den == 0.0:
         return 0.0 if num == 0.0 else float("inf")
@@ -385,7 +385,7 @@ def _residual(z: torch.Tensor, activated: torch.Tensor | None, exact: bool = Tru
     ReLU's, without one. `owned`: z is a copy the caller lets us overwrite."""
     if activated is None:
         return z.clamp_max_(0.0) if owned else z.clamp_max(0.0)
-    a = _check_2d(activated, "activated", exact)
+    a = check_2d(activated, "activated", exact)
     if a.shape != z.shape:
         raise ValueError(f"activated has shape {tuple(a.shape)}, the pre-activations {tuple(z.shape)}")
     return torch.sub(z, a, out=a) if a.dtype != activated.dtype else z - a  # a converted copy is ours
@@ -394,11 +394,11 @@ def _residual(z: torch.Tensor, activated: torch.Tensor | None, exact: bool = Tru
 def negativity(preact: torch.Tensor, activated: torch.Tensor | None = None) -> float:
     """||Z - sigma(Z)||_op / ||Z||_op for pre-activations Z [N, d] and sigma(Z) = `activated`
     (default ReLU: Z - relu(Z) = min(Z, 0)); 0 if Z is all zero."""
-    z = _check_2d(preact, "preact")
-    denom = _sq_op_norm(z)
+    z = check_2d(preact, "preact")
+    denom = sq_op_norm(z)
     if denom == 0.0:
         return 0.0
-    return math.sqrt(_sq_op_norm(_residual(z, activated)) / denom)
+    return math.sqrt(sq_op_norm(_residual(z, activated)) / denom)
 
 
 # ----------------------------------------------------------------------------
@@ -426,7 +426,7 @@ class NCAccumulator:
         self.exact = exact
         self.weight = None
         if weight is not None:
-            w = _check_2d(weight, "weight")
+            w = check_2d(weight, "weight")
             self.weight = _check_weight(w, self.num_classes, w.shape[1]).clone()
         self.counts: torch.Tensor | None = None  # long [K]
         self.means: torch.Tensor | None = None  # float64 [K, d]
@@ -462,7 +462,7 @@ class NCAccumulator:
     def update(self, features: torch.Tensor, labels: torch.Tensor, labels_checked: bool = False) -> None:
         """Add a batch of features [n, d] with labels [n] (`labels_checked`: their range was
         validated already, e.g. once per chunk for every layer of a metric pass)."""
-        z, y = _check_inputs(features, labels, self.num_classes, self.exact, check_range=not labels_checked)
+        z, y = check_inputs(features, labels, self.num_classes, self.exact, check_range=not labels_checked)
         if self.weight is not None:
             w = _check_weight(self.weight, self.num_classes, z.shape[1])
             self.weight = w.to(z.device)
@@ -559,7 +559,7 @@ class GramAccumulator:
 
     def update(self, x: torch.Tensor) -> None:
         """Add x^T x for a batch x [n, dim]."""
-        x = _check_2d(x, "x", self.exact)
+        x = check_2d(x, "x", self.exact)
         if x.shape[1] != self.dim:
             raise ValueError(f"x must have {self.dim} columns, got {x.shape[1]}")
         self.gram = self.gram.to(x.device)
@@ -567,7 +567,7 @@ class GramAccumulator:
 
     def op_norm(self) -> float:
         """sqrt of the largest eigenvalue of the accumulated Gram matrix."""
-        return _gram_op_norm(self.gram)
+        return gram_op_norm(self.gram)
 
     def merge(self, other: GramAccumulator) -> GramAccumulator:
         """Add another accumulator's Gram matrix (disjoint rows)."""
@@ -590,7 +590,7 @@ class NegativityAccumulator:
     def update(self, preact: torch.Tensor, activated: torch.Tensor | None = None) -> None:
         """Add a batch of pre-activations Z [n, dim] and, for an activation other than ReLU,
         its output sigma(Z)."""
-        z = _check_2d(preact, "preact", self.exact)
+        z = check_2d(preact, "preact", self.exact)
         self.full.update(z)
         self.neg.update(_residual(z, activated, self.exact, owned=z.dtype != preact.dtype))  # a converted copy
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import LayerwiseNet
-from .schema import LossName, MseReduction, OptimizerName, names
+from .names import LossName, MseReduction, OptimizerName, names
 
 LOSSES = names(LossName)
 OPTIMIZERS = names(OptimizerName)

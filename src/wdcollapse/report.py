@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import claims, fits, keys, theorems
+from . import claims, fits, theorems
 from .figures import FIGURES
 from .io import atomic_write_json, atomic_write_text, read_json
-from .plots.depth_sweeps import plot_linear_depth_sweep, plot_nonlinear_depth_sweep
-from .plots.theory import plot_theorem31, plot_two_phases
-from .plots.training import plot_grams, plot_training_curves
+from .runfiles import RunFiles
 from .runs import Run
 
 UNKNOWN_IN_PAPER = [
@@ -48,27 +46,10 @@ def verdict(passed: bool | None, missing: str = "NOT RUN") -> str:
 
 
 def make_figures(out: Path, figures, runs_of: Callable) -> list[Path]:
-    fig_dir = out / "figures"
+    """Each figure drawn by the plotter its registry entry names; the files written."""
     made: list[Path] = []
     for figure in figures:
-        runs, spec = runs_of(figure), figure.spec
-        stem = fig_dir / figure.name
-        if spec.plot == "training":
-            made += plot_training_curves(runs, f"{stem}_curves", spec.first_plotted_layer, spec.title)
-            finished = [r for r in runs if r.status == "finished" and r.grams]
-            if finished:
-                made += plot_grams(finished[0], f"{stem}_grams", spec.title)
-            if any(keys.theory("dist") in r.final for r in runs):
-                made += plot_theorem31(runs, f"{stem}_theorem31", spec.title)
-        elif spec.plot == "linear_depth":
-            made += plot_linear_depth_sweep(runs, stem, spec.title)
-        elif spec.plot == "nonlinear_depth":
-            made += plot_nonlinear_depth_sweep(runs, stem, spec.title)
-        elif spec.plot == "theory":
-            made += plot_theorem31(runs, f"{stem}_theorem31", spec.title)
-            finished = [r for r in runs if (r.path / "steps.jsonl").exists()]
-            if finished:
-                made += plot_two_phases(finished[0], f"{stem}_phases", spec.title)
+        made += figure.spec.plot(runs_of(figure), out / "figures" / figure.name, figure.spec)
     return made
 
 
@@ -159,8 +140,8 @@ def theory_checks(figures, runs_of: Callable) -> list[dict]:
                 "evidence": per_run,
             }
         )
-        if spec.plot == "theory":
-            rates = {r.path.name: fits.rate_matches(read_json(r.path / "theory.json", default={})) for r in runs}
+        if spec.balancing_rate:
+            rates = {r.path.name: fits.rate_matches(read_json(RunFiles(r.path).theory, default={})) for r in runs}
             verdicts = [v.get("matches") for v in rates.values() if v.get("matches") is not None]
             checks.append(
                 {

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .arguments import checked
 from .rundir import last_checkpoint
+from .runfiles import RunFiles
 
 
 @checked
@@ -27,7 +28,7 @@ def restore(
     """(network in eval mode, set-up data module, resolved config) of the run in `run_dir`,
     with the weights and buffers of `checkpoint` (default: the run's last.ckpt). CPU tensors."""
     run_dir = Path(run_dir)
-    config = run_dir / "config.yaml"
+    config = RunFiles(run_dir).config
     ckpt = Path(checkpoint) if checkpoint else last_checkpoint(run_dir)
     for path, what in ((config, "config.yaml"), (ckpt, "checkpoint")):
         if not path.is_file():

@@ -25,6 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from . import runfiles
 from .errors import ConfigError
 from .io import (
     LOCK_FILE,
@@ -35,6 +36,7 @@ from .io import (
     read_json,
     read_jsonl,
 )
+from .runfiles import RunFiles
 
 log = logging.getLogger("wdcollapse")
 TERMINAL = ("finished", "diverged")
@@ -42,7 +44,7 @@ TERMINAL = ("finished", "diverged")
 
 def last_checkpoint(run_dir: str | Path) -> Path:
     """Where a run directory keeps its latest checkpoint (callbacks.AtomicCheckpoint writes it)."""
-    return Path(run_dir) / "checkpoints" / "last.ckpt"
+    return RunFiles(run_dir).checkpoint
 
 
 def completed_epochs(ckpt: Path) -> int:
@@ -60,16 +62,16 @@ def record_failure(out_dir: Path, error: BaseException) -> None:
     """summary.json status `failed` with the error, and its traceback in error.txt (rank 0)."""
     write_summary(out_dir, status="failed", error=f"{type(error).__name__}: {error}")
     if launched_rank() == 0:
-        atomic_write_text(out_dir / "error.txt", "".join(traceback.format_exception(error)))
+        atomic_write_text(RunFiles(out_dir).error, "".join(traceback.format_exception(error)))
 
 
 def write_summary(out_dir: Path, **fields) -> dict:
     """Merge `fields` into summary.json (rank 0 only: other DDP ranks just get `fields` back)."""
     if launched_rank() != 0:
         return fields
-    summary = read_json(out_dir / "summary.json", default={}) | fields
+    summary = read_json(RunFiles(out_dir).summary, default={}) | fields
     summary["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_json(RunFiles(out_dir).summary, summary)
     return summary
 
 
@@ -90,17 +92,11 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
 def prepare_run_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
     """Make `out_dir` ready for this run; returns the checkpoint to resume from, if any."""
     ckpt = resume_checkpoint(cfg, out_dir)
-    metrics_path = out_dir / "metrics.jsonl"
+    metrics_path = RunFiles(out_dir).metrics
     if ckpt is None:
         # What a run killed before its first checkpoint (or an older run) left cannot be continued.
-        for stale in (
-            metrics_path,
-            last_checkpoint(out_dir),
-            out_dir / "summary.json",
-            out_dir / "error.txt",
-            out_dir / "grams.json",
-        ):
-            stale.unlink(missing_ok=True)
+        for stale in runfiles.RESTARTED:
+            (out_dir / stale).unlink(missing_ok=True)
         return None
     done = completed_epochs(ckpt)
     # A kill between a metrics line and the checkpoint leaves rows the resumed run redoes.
@@ -134,9 +130,9 @@ class Segment:
         """A setting or the data refused this run before training started: a fresh directory loses
         what `start` wrote (it holds nothing computed); a resumed one stays as it was (no `failed`)."""
         if self.fresh and launched_rank() == 0:
-            for name in ("config.yaml", "summary.json", "error.txt", "metrics.jsonl", "grams.json"):
+            for name in (runfiles.CONFIG, *runfiles.RESTARTED):
                 (self.out_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(self.out_dir / "wandb", ignore_errors=True)
+            shutil.rmtree(RunFiles(self.out_dir).wandb, ignore_errors=True)
 
     def running(self, **fields) -> dict:
         """summary.json status `running`; a resumed run keeps its start time."""
@@ -150,7 +146,7 @@ class Segment:
 
     def finish(self, status: str, metric_seconds: float | None, **extra) -> dict:
         """summary.json with the final status and row; seconds add up over resumed segments."""
-        rows = read_jsonl(self.out_dir / "metrics.jsonl")
+        rows = read_jsonl(RunFiles(self.out_dir).metrics)
         wall = (self.resumed.get("wall_seconds") or 0.0) + time.time() - self.started
         metric = None if metric_seconds is None else (self.resumed.get("metric_seconds") or 0.0) + metric_seconds
         return write_summary(
@@ -192,11 +188,11 @@ def _start(cfg: DictConfig, out_dir: Path) -> Segment:
     # and run directory: only rank 0 prepares the directory and writes config, summary and
     # error files (the metric callback and the checkpoint also write on rank 0 only).
     main_rank = launched_rank() == 0
-    previous = read_json(out_dir / "summary.json") or {}
-    fresh = not (out_dir / "config.yaml").exists()
+    previous = read_json(RunFiles(out_dir).summary) or {}
+    fresh = not RunFiles(out_dir).config.exists()
     finished = previous.get("status") in TERMINAL
     if main_rank and cfg.resume == "auto" and (finished or resume_checkpoint(cfg, out_dir)):
-        check_same_run(cfg, out_dir / "config.yaml")
+        check_same_run(cfg, RunFiles(out_dir).config)
     if main_rank and finished and cfg.resume == "auto":
         log.info("%s already %s; skipping", out_dir, previous["status"])
         return Segment(out_dir, done=previous)
@@ -206,7 +202,7 @@ def _start(cfg: DictConfig, out_dir: Path) -> Segment:
         except ConfigError as e:  # an unreadable checkpoint: the run is stuck until someone acts
             record_failure(out_dir, e)
             raise
-        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_text(RunFiles(out_dir).config, OmegaConf.to_yaml(cfg, resolve=True))
     else:  # rank 0 has prepared the directory already; resume from the same checkpoint
         ckpt = resume_checkpoint(cfg, out_dir)
     resumed = previous if ckpt else {}  # a resumed run keeps its start time and adds to its seconds
@@ -353,7 +349,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = [job for job in sorted(sweep_dir.iterdir()) if job.is_dir()] if sweep_dir.is_dir() else []
-        statuses = Counter(read_json(job / "summary.json", default={}).get("status", "no summary") for job in jobs)
+        statuses = Counter(read_json(RunFiles(job).summary, default={}).get("status", "no summary") for job in jobs)
         counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
         hint = " (see their summary.json and error.txt)" if statuses["failed"] else ""
         print(f"sweep {sweep_dir}: {sum(statuses.values())} jobs: {counts or 'none ran'}{hint}", file=sys.stderr)

@@ -13,6 +13,7 @@ import yaml
 from . import keys
 from .arguments import checked
 from .io import read_json, read_jsonl
+from .runfiles import RunFiles
 
 
 @dataclass
@@ -113,13 +114,14 @@ def by_lr_and_nonlinear_depth(runs: list[Run]) -> dict:
 def load_run(path: str | Path) -> Run | None:
     """A run directory as written by `wdcollapse-train`; None if it has no config yet."""
     path = Path(path)
-    config_path = path / "config.yaml"
+    files = RunFiles(path)
+    config_path = files.config
     if not config_path.exists():
         return None
     config = yaml.safe_load(config_path.read_text())
-    summary = read_json(path / "summary.json", default={})
-    grams = read_json(path / "grams.json")
-    return Run(path, config, summary, read_jsonl(path / "metrics.jsonl"), grams)
+    summary = read_json(files.summary, default={})
+    grams = read_json(files.grams)
+    return Run(path, config, summary, read_jsonl(files.metrics), grams)
 
 
 @checked

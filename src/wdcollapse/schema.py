@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -18,42 +18,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .arguments import allowed as _allowed
 from .errors import ConfigError
-
-DataName = Literal["mnist", "fashion_mnist", "cifar10"]
-OptimizerName = Literal["sgd", "gd", "adam", "adamw"]
-LossName = Literal["mse", "cross_entropy"]
-MseReduction = Literal["half_mean", "half_sum", "mean"]
-Activation = Literal["relu", "leaky_relu", "smooth_leaky_relu"]
-Init = Literal["default", "he", "lecun"]
-Schedule = Literal["every", "log"]
-Resume = Literal["auto", "never"]
-Normalize = Literal["channel", "pixel", "none"]  # true = channel, false = none
-# pytorch_lightning.Trainer(precision=...): its documented values and aliases
-Precision = Literal[
-    "transformer-engine",
-    "transformer-engine-float16",
-    "16-true",
-    "16-mixed",
-    "bf16-true",
-    "bf16-mixed",
-    "32-true",
-    "64-true",
-    "64",
-    "32",
-    "16",
-    "bf16",
-    64,
-    32,
-    16,
-]
+from .names import (  # noqa: F401 (re-exported: the allowed names are defined once, in names.py)
+    Activation,
+    DataName,
+    Init,
+    LossName,
+    MseReduction,
+    Normalize,
+    OptimizerName,
+    Precision,
+    Resume,
+    Schedule,
+    names,
+)
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what torch and numpy accept as a seed
-
-
-def names(literal) -> tuple:
-    """The allowed values of one of the Literal types above, e.g. names(OptimizerName)."""
-    return get_args(literal)
 
 
 class Section(BaseModel):

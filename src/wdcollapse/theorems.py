@@ -62,7 +62,7 @@ def _opn(a: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(a, ord=2)) if torch.isfinite(a).all() else math.nan
 
 
-def _pinv(w: torch.Tensor) -> torch.Tensor:
+def pinv(w: torch.Tensor) -> torch.Tensor:
     """Moore-Penrose pseudo-inverse in float64; all NaN for a non-finite matrix."""
     if not torch.isfinite(w).all():
         return torch.full(w.T.shape, math.nan, dtype=torch.float64, device=w.device)
@@ -76,11 +76,11 @@ def balancedness_errors(head_weights: Sequence[torch.Tensor]) -> list[float]:
     for w, w_next in zip(head_weights[:-1], head_weights[1:]):
         a, b = w_next.detach().double(), w.detach().double().to(w_next.device)
         d = a.T @ a - b @ b.T
-        out.append(metrics._sym_op_norm(d) if torch.isfinite(d).all() else math.nan)
+        out.append(metrics.sym_op_norm(d) if torch.isfinite(d).all() else math.nan)
     return out
 
 
-def _check_head(head_weights: Sequence[torch.Tensor], num_classes: int) -> list[torch.Tensor]:
+def check_head(head_weights: Sequence[torch.Tensor], num_classes: int) -> list[torch.Tensor]:
     heads = [w.detach().double() for w in head_weights]
     if len(heads) < 2:
         raise ValueError(f"Theorem 3.1 needs a linear head of >= 2 layers, got {len(heads)}")
@@ -92,7 +92,7 @@ def _check_head(head_weights: Sequence[torch.Tensor], num_classes: int) -> list[
     return heads
 
 
-def _assemble(
+def assemble(
     *,
     sq_err: float,
     op_lm2: float,
@@ -148,16 +148,16 @@ def theorem31(
     Z_{L-1} [N, n_{L-1}], Z_L [N, K], integer labels [N], and the linear head's weights
     W_{L1+1}, ..., W_L (>= 2 of them, [n_l, n_{l-1}]). Returns the `THEOREM31_KEYS` dict
     (floats and one bool). The reference for `TheoryObserver`; float64 throughout."""
-    heads = _check_head(head_weights, num_classes)
-    z2, y = metrics._check_inputs(z_lm1, labels, num_classes)
-    z1 = metrics._check_2d(z_lm2, "z_lm2")
-    out = metrics._check_2d(z_l, "z_l")
+    heads = check_head(head_weights, num_classes)
+    z2, y = metrics.check_inputs(z_lm1, labels, num_classes)
+    z1 = metrics.check_2d(z_lm2, "z_lm2")
+    out = metrics.check_2d(z_l, "z_l")
     onehot = torch.nn.functional.one_hot(y, num_classes).double()
-    target = onehot @ _pinv(heads[-1]).T  # rows (W_L^+ e_{y_i})^T
+    target = onehot @ pinv(heads[-1]).T  # rows (W_L^+ e_{y_i})^T
     counts = torch.bincount(y, minlength=num_classes)
     means = torch.stack([z2[y == c].mean(0) for c in range(num_classes)]) if len(y) else z2
     mu_g = z2.mean(0)
-    return _assemble(
+    return assemble(
         sq_err=float((out - onehot).pow(2).sum()),
         op_lm2=_opn(z1),
         op_lm1=_opn(z2),
@@ -278,7 +278,7 @@ def assumption_43(net, x: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     }
 
 
-def _pyramidal(widths: Sequence[int], num_train: int) -> bool:
+def pyramidal(widths: Sequence[int], num_train: int) -> bool:
     try:
         check_assumption_41(widths, num_train)
     except ConfigError:

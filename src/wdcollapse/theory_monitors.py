@@ -15,15 +15,16 @@ from .errors import ConfigError
 from .fits import analyse_steps
 from .io import append_jsonl, atomic_write_json, keep_jsonl_rows, read_json, read_jsonl
 from .module import half_sum_factor
+from .runfiles import RunFiles
 from .theorems import (
-    _assemble,
-    _check_head,
-    _pinv,
-    _pyramidal,
     activation_assumption,
+    assemble,
     assumption_43,
     balancedness_errors,
     check_assumption_41,
+    check_head,
+    pinv,
+    pyramidal,
 )
 
 
@@ -43,8 +44,8 @@ class TheoryObserver:
             )
         self.num_classes = int(num_classes)
         self.L = net.num_layers
-        self.heads = _check_head(net.weights[net.nonlinear_depth :], num_classes)
-        self.pinv_rows = _pinv(self.heads[-1]).T.contiguous()  # [K, n_{L-1}]
+        self.heads = check_head(net.weights[net.nonlinear_depth :], num_classes)
+        self.pinv_rows = pinv(self.heads[-1]).T.contiguous()  # [K, n_{L-1}]
         self.gram_lm2 = metrics.GramAccumulator(net.weights[-2].shape[1], exact=exact)
         self.nc = metrics.NCAccumulator(num_classes, exact=exact)
         self.layers = (self.L - 3, self.L - 2)  # the metric pass keeps Z_{L-2} and Z_{L-1} for us
@@ -57,7 +58,7 @@ class TheoryObserver:
 
     def update(self, trace, labels: torch.Tensor) -> None:
         """A chunk of the metric pass, whose labels' range it has checked (no host read here)."""
-        z2, y = metrics._check_inputs(trace.outputs[self.L - 2], labels, self.num_classes, check_range=False)
+        z2, y = metrics.check_inputs(trace.outputs[self.L - 2], labels, self.num_classes, check_range=False)
         self.gram_lm2.update(trace.outputs[self.L - 3])
         # in the features' precision when not exact
         self.nc.update(trace.outputs[self.L - 2], y, labels_checked=True)
@@ -82,11 +83,11 @@ class TheoryObserver:
     def _op_lm1(self) -> float:
         """||Z_{L-1}||_op from G_{L-2}: sqrt(lambda_max(W_{L-1} G_{L-2} W_{L-1}^T))."""
         w = self.heads[-2].to(self.gram_lm2.gram.device)
-        return metrics._gram_op_norm(w @ self.gram_lm2.gram @ w.T)
+        return metrics.gram_op_norm(w @ self.gram_lm2.gram @ w.T)
 
     def result(self) -> dict:
         counts, means, _ = self.nc._stats()
-        return _assemble(
+        return assemble(
             sq_err=float(self.sq_err),
             op_lm2=self.gram_lm2.op_norm(),
             op_lm1=self._op_lm1(),
@@ -144,11 +145,11 @@ class TheoryGDMonitor(Callback):
 
     @property
     def steps_path(self) -> Path:
-        return self.out_dir / "steps.jsonl"
+        return RunFiles(self.out_dir).steps
 
     @property
     def theory_path(self) -> Path:
-        return self.out_dir / "theory.json"
+        return RunFiles(self.out_dir).theory
 
     @staticmethod
     def _widths(net) -> list[int]:
@@ -202,7 +203,7 @@ class TheoryGDMonitor(Callback):
                 "mse_reduction": pl_module.mse_reduction,
                 "max_steps": int(data.steps_per_epoch * trainer.max_epochs),
             },
-            "assumption_4_1": {"holds": _pyramidal(self._widths(net), data.num_train)},
+            "assumption_4_1": {"holds": pyramidal(self._widths(net), data.num_train)},
             "assumption_4_2": act,
             "assumption_4_3": assumption_43(net, data.train_x, data.train_y, data.num_classes, act["gamma"] or 0.0),
         }

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from ..schema import Normalize, names
+from ..names import Normalize, names
 from .sources import MEAN_STD, NUM_CLASSES, load_split
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..schema import Activation, names
+from ..names import Activation, names
 
 
 class SmoothLeakyReLU(nn.Module):

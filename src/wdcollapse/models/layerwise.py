@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..interfaces import PaperLayout
-from ..schema import Init, names
+from ..names import Init, names
 from .activations import make_activation
 
 

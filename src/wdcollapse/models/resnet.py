@@ -54,6 +54,23 @@ class ResNet20Trunk(nn.Module):
         return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
 
 
-def ResNet20(in_shape, num_classes: int, nonlinear_depth: int, linear_depth: int, **kwargs) -> LayerwiseNet:
-    trunk = ResNet20Trunk(in_channels=in_shape[0])
-    return LayerwiseNet(trunk, trunk.out_features, num_classes, nonlinear_depth, linear_depth, **kwargs)
+class ResNet20(LayerwiseNet):
+    """ResNet20's convolutional trunk (He et al.'s CIFAR ResNet, 64 features after pooling) with the
+    paper's head: `nonlinear_depth` activated fully connected layers, then `linear_depth` linear ones.
+
+    Args:
+        in_shape: the shape of one input, [channels, height, width].
+        num_classes: K, the width of the output.
+        nonlinear_depth: activated fully connected layers after the trunk.
+        linear_depth: layers of the linear head.
+        **kwargs: LayerwiseNet's (width, activation, activation_kwargs, bias, init, init_scale).
+
+    Example::
+
+        net = ResNet20([3, 32, 32], 10, nonlinear_depth=3, linear_depth=3, width=128)
+        logits = net(torch.randn(4, 3, 32, 32))   # [4, 10]
+    """
+
+    def __init__(self, in_shape, num_classes: int, nonlinear_depth: int, linear_depth: int, **kwargs):
+        trunk = ResNet20Trunk(in_channels=in_shape[0])
+        super().__init__(trunk, trunk.out_features, num_classes, nonlinear_depth, linear_depth, **kwargs)

@@ -10,16 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .. import keys  # noqa: E402
 from ..io import atomic_write  # noqa: E402
 from ..runs import Run  # noqa: E402
 
+
 # Each metric's name and definition, for axis labels (README "Metrics").
-METRIC_LABELS = {
-    "nc1": r"NC1 = tr($\Sigma_W$) / tr($\Sigma_B$)",
-    "nc2": r"NC2 = $s_1(\bar Z) / s_K(\bar Z)$",
-    "balancedness": "$\\|W_{l+1}^T W_{l+1} - W_l W_l^T\\|_{op}$\n/ min($\\|W_{l+1}^T W_{l+1}\\|_{op}$, $\\|W_l W_l^T\\|_{op}$)",  # noqa: E501
-    "negativity": r"$\|Z_l - \sigma(Z_l)\|_{op} / \|Z_l\|_{op}$ (pre-activation)",
-}
+def axis_label(metric: str) -> str:
+    """A metric family's y label (keys.FAMILIES owns it)."""
+    return keys.FAMILY[metric].axis
 
 
 def save_figure(fig, path_stem: str | Path) -> list[Path]:

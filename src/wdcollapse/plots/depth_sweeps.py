@@ -16,7 +16,7 @@ from ..runs import (
     linear_depth_point,
     nonlinear_depth_point,
 )
-from .common import METRIC_LABELS, save_figure, set_y_scale
+from .common import axis_label, save_figure, set_y_scale
 
 
 def _errorbar(ax, xs, per_x_values, label, fmt):
@@ -53,7 +53,7 @@ def plot_linear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str =
                 label = f"wd {wd:g}, {'input of last layer' if where == 'last' else 'input of first linear layer'}"
                 shown += _errorbar(ax, xs, values, label, fmt)
         set_y_scale(ax, shown, "log" if metric == "nc1" else "auto", decades=1.0)
-        ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
+        ax.set_ylabel(axis_label(metric), fontsize=8)
         _finish_axis(ax, "number of linear layers L2", f"{metric.upper()} at the end of training")
     return _finish_figure(fig, title, path_stem)
 
@@ -67,6 +67,6 @@ def plot_nonlinear_depth_sweep(runs: list[Run], path_stem: str | Path, title: st
             for stat, fmt in (("mean", "o-"), ("min", "s--")):
                 values = [[nonlinear_depth_point(r)[f"{metric}_{stat}"] for r in by_depth[x]] for x in xs]
                 _errorbar(ax, xs, values, f"{stat}, lr {lr:g}", fmt)
-        ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
+        ax.set_ylabel(axis_label(metric), fontsize=8)
         _finish_axis(ax, "number of non-linear layers L1", f"{metric} of the non-linear layers (end of training)")
     return _finish_figure(fig, title, path_stem)

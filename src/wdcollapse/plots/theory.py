@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import keys
 from ..io import read_json, read_jsonl
+from ..runfiles import RunFiles
 from ..runs import Run
 from .common import save_figure, usable
 
@@ -52,8 +53,8 @@ def plot_theorem31(runs: list[Run], path_stem: str | Path, title: str = "") -> l
 def plot_two_phases(run: Run, path_stem: str | Path, title: str = "") -> list[Path]:
     """Loss and largest linear-head balancedness error per gradient-descent step, the phase
     boundary, and the theory's (1 - eta lambda)^(2k) decay from there."""
-    steps = read_jsonl(run.path / "steps.jsonl")
-    info = read_json(run.path / "theory.json", default={})
+    steps = read_jsonl(RunFiles(run.path).steps)
+    info = read_json(RunFiles(run.path).theory, default={})
     rate = info.get("rate", {})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     if steps:

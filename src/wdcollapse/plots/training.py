@@ -10,16 +10,7 @@ import numpy as np
 
 from .. import keys
 from ..runs import Run, gram_keys
-from .common import METRIC_LABELS, annotate_diverged, mean_std_over_runs, save_figure, set_y_scale, usable
-
-# (metric, title, y scale). The theory has NC1 and the linear
-# pairs' balancedness fall exponentially: log axes, as in the paper's figures.
-PANELS = [
-    ("nc1", "NC1 (within-class variability)", "log"),
-    ("nc2", "NC2 (condition number of class means)", "auto"),
-    ("balancedness", "balancedness of pair (l, l+1)", "log"),
-    ("negativity", "negativity (ReLU layers)", "linear"),
-]
+from .common import annotate_diverged, axis_label, mean_std_over_runs, save_figure, set_y_scale, usable
 
 
 def layer_label(layer: int, nonlinear_depth: int, metric: str) -> str:
@@ -38,7 +29,8 @@ def plot_training_curves(runs: list[Run], path_stem: str | Path, first_layer: in
         return save_figure(fig, path_stem)
     L, L1 = runs[0].num_layers, runs[0].nonlinear_depth
     cmap = plt.get_cmap("viridis")
-    for ax, (metric, panel_title, scale) in zip(axes, PANELS):
+    for ax, family in zip(axes, keys.FAMILIES):  # log axes where the theory predicts exponential decay
+        metric, panel_title, scale = family.key, family.title, family.scale
         shown = []
         for layer in range(first_layer, L + 1):
             key = keys.layer(metric, layer)
@@ -52,7 +44,7 @@ def plot_training_curves(runs: list[Run], path_stem: str | Path, first_layer: in
             shown.extend(mean.tolist())
         set_y_scale(ax, shown, scale)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
+        ax.set_ylabel(axis_label(metric), fontsize=8)
         ax.set_title(panel_title, fontsize=10)
         ax.grid(alpha=0.3)
         if shown:
