@@ -40,7 +40,6 @@ from wdcollapse.callbacks import DivergenceGuard, evaluation_epochs
 from wdcollapse.config import CONF_DIR, register_resolvers
 from wdcollapse.io import atomic_write_text
 from wdcollapse.metric_pass import metric_pass
-from wdcollapse.module import CollapseModule
 
 TARGETS = {  # name: (comparison, bound)
     "lightning_over_plain": ("<=", 1.05),
@@ -115,12 +114,7 @@ def bench_training(cfg, rounds: int, peak: float, with_metrics: bool = True) -> 
     torch.manual_seed(int(cfg.seed))
     data = instantiate(cfg.data, steps_per_call=int(cfg.steps_per_call))
     data.setup()
-    module = CollapseModule(
-        instantiate(cfg.model),
-        cfg.loss.name,
-        cfg.loss.mse_reduction,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-    )
+    module = instantiate(cfg.module)  # the network, optimizer and schedule as wdcollapse-train builds them
     plain = PlainLoop(copy.deepcopy(module), data, max_epochs=rounds + 1)
     passes = {"plain": lambda trainer, pl_module: plain.epoch()}
     if with_metrics:

@@ -20,6 +20,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import math
 import statistics
@@ -28,7 +29,6 @@ from pathlib import Path
 import torch
 from bench import compose_cfg  # scripts/bench.py
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from timing import PlainLoop, machine, timed  # scripts/timing.py
 
 from wdcollapse.io import atomic_write_text
@@ -69,7 +69,8 @@ class Batches:
 def timed_loop(module: CollapseModule, fused: bool, data: Batches, bf16: bool, epochs: int) -> PlainLoop:
     """A copy of `module` trained by PlainLoop with SGD fused or not (its own optimizer state)."""
     copied = copy.deepcopy(module)
-    copied.optim = {**module.optim, "fused": fused}
+    factory = module.optimizer_factory
+    copied.optimizer_factory = functools.partial(factory.func, *factory.args, **{**factory.keywords, "fused": fused})
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     return PlainLoop(copied, data, max_epochs=epochs, forward_context=autocast)
 
@@ -81,12 +82,7 @@ def flat(loop: PlainLoop) -> torch.Tensor:
 def bench(overrides, bf16: bool, rounds: int, steps: int) -> dict:
     cfg = compose_cfg(*overrides)
     torch.manual_seed(0)
-    module = CollapseModule(
-        instantiate(cfg.model),
-        cfg.loss.name,
-        cfg.loss.mse_reduction,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-    )
+    module = instantiate(cfg.module)  # the network, optimizer and schedule as wdcollapse-train builds them
     module.train()
     shape, k, b = tuple(cfg.data.in_shape), int(cfg.data.num_classes), int(cfg.data.batch_size)
     g = torch.Generator().manual_seed(1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from wdcollapse.module import CollapseModule, build_optimizer
+from wdcollapse.module import CollapseModule, build_optimizer, constant_schedule
 
 
 def timed(fn: Callable[[], object], clock: Callable[[], float] = time.process_time) -> float:
@@ -33,9 +33,9 @@ class PlainLoop:
 
     def __init__(self, module: CollapseModule, data, max_epochs: int, forward_context=contextlib.nullcontext):
         self.module, self.data, self.forward_context = module, data, forward_context
-        self.opt, self.sched = build_optimizer(
-            module.model.parameters(), module.optim, data.steps_per_epoch, max_epochs
-        )
+        self.opt = build_optimizer(module.optimizer_factory, module.model.parameters())
+        schedule = module.schedule_factory or constant_schedule
+        self.sched = schedule(self.opt, steps_per_epoch=data.steps_per_epoch, max_epochs=max_epochs)
 
     def epoch(self) -> None:
         self.module.train()

@@ -97,3 +97,19 @@ def cpu_trainer(root, **kwargs):
         "default_root_dir": root,
     }
     return pl.Trainer(**{**quiet, **kwargs})
+
+
+def sgd(
+    lr=0.01, momentum=0.0, weight_decay=0.0, nesterov=False, fused=True, warmup_epochs=0, drop_at=None, drop_factor=0.1
+):
+    """CollapseModule's `optimizer` and `schedule` for plain SGD, as conf/optim/sgd.yaml and
+    conf/train.yaml's module node build them: CollapseModule(net, **sgd(0.01))."""
+    from functools import partial
+
+    from wdcollapse.module import warmup_then_drop
+
+    optimizer = partial(
+        torch.optim.SGD, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, fused=fused
+    )
+    schedule = partial(warmup_then_drop, warmup_epochs=warmup_epochs, drop_at=drop_at, drop_factor=drop_factor)
+    return {"optimizer": optimizer, "schedule": schedule}

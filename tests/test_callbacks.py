@@ -26,17 +26,37 @@ def synthetic_data(batch_size=16):
     return dm
 
 
+def from_config(name: str, **settings) -> dict:
+    """CollapseModule's optimizer and schedule as `wdcollapse-train optim=<name> optim.<k>=<v>`
+    builds them: from conf/optim/<name>.yaml and the module node of conf/train.yaml."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from wdcollapse.config import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    overrides = [
+        "logger=none",
+        f"optim={name}",
+        "optim.warmup_epochs=0",
+        *(f"optim.{k}={v}" for k, v in settings.items()),
+    ]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    return {"optimizer": instantiate(cfg.optim.optimizer), "schedule": instantiate(cfg.module.schedule)}
+
+
 def fit(tmp_path, optim, epochs=3, schedule="every", logger=False, **monitor):
     torch.manual_seed(0)
     dm = synthetic_data(batch_size=None if optim["name"] == "gd" else 16)
-    module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12), optim=optim)
+    module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12), **from_config(**optim))
     monitor = MetricMonitor(tmp_path, schedule=schedule, **monitor)
     trainer = cpu_trainer(
         tmp_path,
         max_epochs=epochs,
         logger=logger,
         enable_checkpointing=True,
-        callbacks=[monitor, DivergenceGuard(), AtomicCheckpoint(tmp_path / "ckpt")],
+        callbacks=[monitor, DivergenceGuard(), AtomicCheckpoint(tmp_path)],
     )
     initial = [p.detach().clone() for p in module.parameters()]
     trainer.fit(module, datamodule=dm)
@@ -46,7 +66,8 @@ def fit(tmp_path, optim, epochs=3, schedule="every", logger=False, **monitor):
 
 @pytest.mark.parametrize("name", ["sgd", "gd", "adam", "adamw"])
 def test_every_optimizer_trains_and_applies_weight_decay(tmp_path, name):
-    module, _, rows, initial = fit(tmp_path, {"name": name, "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-3})
+    settings = {"name": name, "lr": 0.01, "weight_decay": 1e-3} | ({"momentum": 0.9} if name == "sgd" else {})
+    module, _, rows, initial = fit(tmp_path, settings)
     opt = module.trainer.optimizers[0]
     assert opt.param_groups[0]["weight_decay"] == 1e-3
     assert ("momentum" not in opt.defaults) or opt.defaults["momentum"] == (0.0 if name == "gd" else 0.9)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import cpu_trainer
+from conftest import cpu_trainer, sgd
 
 from wdcollapse import metrics
 from wdcollapse.data.tensors import TensorDataModule
@@ -104,7 +104,7 @@ def test_data_reaches_the_training_device_before_the_train_loader_is_built(tmp_p
     # configure_optimizers builds the loader (estimated_stepping_batches) before on_fit_start:
     # moving the data any later would leave the loader with the CPU tensors.
     data = SyntheticData(batch_size=16)
-    module = CollapseModule(MLP((1, 28, 28), 10, 1, 2, width=8), optim={"name": "sgd", "lr": 0.01})
+    module = CollapseModule(MLP((1, 28, 28), 10, 1, 2, width=8), **sgd(0.01))
     trainer = cpu_trainer(tmp_path, max_epochs=1)
     trainer.fit(module, datamodule=data)
     assert data.events[0] == ("to", "cpu")
@@ -115,13 +115,13 @@ def test_data_reaches_the_training_device_before_the_train_loader_is_built(tmp_p
 def test_channels_last_option_trains_a_resnet_step():
     torch.manual_seed(0)
     x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
-    module = CollapseModule(ResNet20([3, 32, 32], 10, 1, 2, width=16), channels_last=True)
+    module = CollapseModule(ResNet20([3, 32, 32], 10, 1, 2, width=16), **sgd(), channels_last=True)
     conv = module.model.trunk.stem[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
     loss = module.step_loss(x, y)
     loss.backward()
     assert torch.isfinite(loss) and conv.grad is not None
-    plain = CollapseModule(ResNet20([3, 32, 32], 10, 1, 2, width=16))
+    plain = CollapseModule(ResNet20([3, 32, 32], 10, 1, 2, width=16), **sgd())
     plain.model.load_state_dict(module.model.state_dict())
     assert plain.step_loss(x, y).item() == pytest.approx(loss.item(), rel=1e-4)
 
@@ -131,8 +131,8 @@ def test_compile_option_trains_a_step_like_eager():
     # Inductor compiles C++ on the CPU: ~15 s, hence `slow`; on a GPU it is the real use.
     torch.manual_seed(0)
     x, y = torch.randn(8, 1, 6, 6), torch.arange(8) % 5
-    compiled = CollapseModule(MLP((1, 6, 6), 5, 2, 2, width=16), compile=True)
-    eager = CollapseModule(MLP((1, 6, 6), 5, 2, 2, width=16))
+    compiled = CollapseModule(MLP((1, 6, 6), 5, 2, 2, width=16), **sgd(), compile=True)
+    eager = CollapseModule(MLP((1, 6, 6), 5, 2, 2, width=16), **sgd())
     eager.model.load_state_dict(compiled.model.state_dict())  # same keys: compiled in place
     loss = compiled.step_loss(x, y)
     loss.backward()

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import cpu_trainer
+from conftest import cpu_trainer, sgd
 from pydantic import ValidationError
 from test_metrics import ref_class_means, ref_covariances
 
@@ -450,7 +450,7 @@ def test_the_monitor_writes_the_extra_and_test_keys(tmp_path):
     extra = {**{f: True for f in FAMILIES}, "test_set": True}
     monitor = MetricMonitor(tmp_path, schedule="every", extra=extra)
     trainer = cpu_trainer(tmp_path, max_epochs=1, callbacks=[monitor])
-    trainer.fit(CollapseModule(net, optim={"name": "sgd", "lr": 0.01}), datamodule=dm)
+    trainer.fit(CollapseModule(net, **sgd(0.01)), datamodule=dm)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     train, _ = metric_pass(initial, lambda: dm.eval_batches("train"), 10, exact=False, extra=FAMILIES)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cpu_trainer
+from conftest import cpu_trainer, sgd
 
 from wdcollapse.module import classification_loss, lr_factor
 
@@ -59,7 +59,7 @@ def _train(steps_per_call, lr=0.05, epochs=2, callbacks=(), tmp_path=None):
     dm.train_y, dm.test_x, dm.test_y = y, dm.train_x[:10].clone(), y[:10].clone()
     module = CollapseModule(
         MLP((1, 4, 4), 10, 2, 2, width=12),
-        optim={"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-3, "warmup_epochs": 1},
+        **sgd(lr, momentum=0.9, weight_decay=1e-3, warmup_epochs=1),
     )
     initial = {k: v.clone() for k, v in module.model.state_dict().items()}
     trainer = cpu_trainer(
@@ -87,7 +87,8 @@ def test_step_groups_train_exactly_like_one_step_per_call_and_like_a_plain_loop(
 
     net = MLP((1, 4, 4), 10, 2, 2, width=12)
     net.load_state_dict(initial)
-    opt, schedule = build_optimizer(net.parameters(), one.optim, steps_per_epoch=8, max_epochs=2)
+    opt = build_optimizer(one.optimizer_factory, net.parameters())
+    schedule = one.schedule_factory(opt, steps_per_epoch=8, max_epochs=2)
     for epoch in range(2):
         dm.trainer = None
         batches = dm.train_batches()
@@ -123,9 +124,9 @@ def test_resumed_grouped_run_equals_an_uninterrupted_one(tmp_path):
     from wdcollapse.callbacks import AtomicCheckpoint
 
     straight, _, _, _ = _train(3, epochs=4, tmp_path=tmp_path / "a")
-    first, _, dm, _ = _train(3, epochs=2, callbacks=[AtomicCheckpoint(tmp_path / "ckpt")], tmp_path=tmp_path / "b")
+    first, _, dm, _ = _train(3, epochs=2, callbacks=[AtomicCheckpoint(tmp_path)], tmp_path=tmp_path / "b")
     trainer2 = cpu_trainer(tmp_path / "d", max_epochs=4)
-    trainer2.fit(first, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    trainer2.fit(first, datamodule=dm, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
     assert trainer2.global_step == 32
     for (name, a), b in zip(straight.model.state_dict().items(), first.model.state_dict().values()):
         assert torch.equal(a, b), name
@@ -143,7 +144,7 @@ def test_bf16_autocast_trains_with_step_groups_exactly_like_single_steps(tmp_pat
         y = torch.arange(40) % 10
         dm.train_x, dm.train_y = torch.randn(40, 1, 4, 4), y
         dm.test_x, dm.test_y = dm.train_x[:10].clone(), y[:10].clone()
-        module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12), optim={"name": "sgd", "lr": 0.05})
+        module = CollapseModule(MLP((1, 4, 4), 10, 2, 2, width=12), **sgd(0.05))
         before = module.model.layers[0].weight.detach().clone()
         trainer = cpu_trainer(tmp_path, max_epochs=2, precision="bf16-mixed")
         trainer.fit(module, datamodule=dm)
@@ -160,8 +161,8 @@ def test_checkpoint_of_the_automatic_optimization_era_resumes_with_its_step_coun
 
     from wdcollapse.callbacks import AtomicCheckpoint
 
-    first, _, dm, _ = _train(3, epochs=2, callbacks=[AtomicCheckpoint(tmp_path / "ckpt")], tmp_path=tmp_path / "b")
-    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    first, _, dm, _ = _train(3, epochs=2, callbacks=[AtomicCheckpoint(tmp_path)], tmp_path=tmp_path / "b")
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     loop = ckpt["loops"]["fit_loop"]
     manual = loop["epoch_loop.manual_optimization.optim_step_progress"]
     assert manual["total"]["completed"] == 16
@@ -185,17 +186,10 @@ def test_trunk_weight_decay_gives_the_trunk_its_own_decay_and_the_head_optim_wei
 
     torch.manual_seed(0)
     net = ResNet20((3, 8, 8), 4, 1, 2, width=6).double()
-    optim = {
-        "name": "sgd",
-        "lr": 0.1,
-        "momentum": 0.0,
-        "weight_decay": 0.3,
-        "trunk_weight_decay": 0.02,
-        "warmup_epochs": 0,
-    }
+    optimizer = sgd(0.1, weight_decay=0.3)["optimizer"]
     x, y = torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.arange(8) % 4
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    opt, _ = build_optimizer(parameter_groups(net, optim), optim, steps_per_epoch=1, max_epochs=1)
+    opt = build_optimizer(optimizer, parameter_groups(net, 0.02))
     classification_loss(net(x), y, "mse", "half_mean").backward()
     grads = {n: p.grad.clone() for n, p in net.named_parameters()}
     opt.step()
@@ -208,12 +202,9 @@ def test_trunk_weight_decay_gives_the_trunk_its_own_decay_and_the_head_optim_wei
     assert opt.param_groups[0]["weight_decay"] == 0.3 and opt.param_groups[1]["weight_decay"] == 0.02
 
     # null keeps one group (the default); an MLP has no trunk to give a decay to.
-    assert (
-        len(build_optimizer(parameter_groups(net, {**optim, "trunk_weight_decay": None}), optim, 1, 1)[0].param_groups)
-        == 1
-    )
+    assert len(build_optimizer(optimizer, parameter_groups(net, None)).param_groups) == 1
     with pytest.raises(ValueError, match="trunk_weight_decay needs a model with a trunk"):
-        parameter_groups(MLP((1, 4, 4), 4, 1, 1, width=6), optim)
+        parameter_groups(MLP((1, 4, 4), 4, 1, 1, width=6), 0.02)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -231,18 +222,9 @@ def test_fused_sgd_is_the_default_and_bitwise_the_per_tensor_path(dtype, momentu
         net = MLP((1, 6, 6), 5, 3, 2, width=16).to(dtype)
         params = list(net.parameters())
         groups = [{"params": params[:2]}, {"params": params[2:], "weight_decay": 3e-3}]
-        optim = {
-            "name": "sgd",
-            "lr": 0.05,
-            "momentum": momentum,
-            "nesterov": nesterov,
-            "weight_decay": wd,
-            "warmup_epochs": 1,
-            "lr_drop_at": 0.5,
-            "lr_drop_factor": 0.1,
-            "fused": fused,
-        }
-        opt, schedule = build_optimizer(groups, optim, steps_per_epoch=10, max_epochs=4)
+        parts = sgd(0.05, momentum, wd, nesterov, fused, warmup_epochs=1, drop_at=0.5, drop_factor=0.1)
+        opt = build_optimizer(parts["optimizer"], groups)
+        schedule = parts["schedule"](opt, steps_per_epoch=10, max_epochs=4)
         g = torch.Generator().manual_seed(1)
         for _ in range(40):
             x, y = torch.randn(16, 1, 6, 6, generator=g, dtype=dtype), torch.randint(0, 5, (16,), generator=g)

@@ -396,7 +396,8 @@ def test_the_default_warm_up_is_a_tenth_of_a_short_run_and_a_long_explicit_one_i
 
     from wdcollapse.config import CONF_DIR, check_config, register_resolvers
     from wdcollapse.errors import ConfigError
-    from wdcollapse.module import lr_factor, warmup_epochs
+    from wdcollapse.module import lr_factor
+    from wdcollapse.module import warmup_epochs_of as warmup_epochs
 
     assert warmup_epochs("auto", 3, 469) == pytest.approx(0.3) and warmup_epochs("auto", 300, 469) == 10
     assert warmup_epochs("auto", 3, 10) == pytest.approx(1.5)  # 100 steps would be 10 epochs: half the run

@@ -249,7 +249,7 @@ def test_theory_gd_end_to_end(tmp_path):
         "experiment=theory_gd",
         "logger=none",
         "trainer.max_epochs=300",
-        "callbacks.checkpoint_every_n_epochs=100",
+        "callbacks.checkpoint.every_n_epochs=100",
         "callbacks.metrics.num_points=8",
     )
     info = json.loads((out / "theory.json").read_text())

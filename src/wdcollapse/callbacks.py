@@ -15,7 +15,7 @@ import torch
 from pydantic import Field, InstanceOf
 from pytorch_lightning.callbacks import Callback, Checkpoint
 
-from . import keys, runfiles
+from . import keys
 from .arguments import check_pairs, checked, refuse
 from .errors import ArgumentError
 from .interfaces import HookedNetwork, LoaderData, MeasuredNetwork, MetricData, missing
@@ -388,17 +388,28 @@ class MetricMonitor(Callback):
 
 
 class AtomicCheckpoint(Checkpoint):
-    """Saves `last.ckpt` at the end of every `every_n_epochs`-th epoch through a temporary file
-    and a rename, so a kill leaves the previous checkpoint intact. Being a `Checkpoint`,
-    Lightning runs it after the other callbacks, i.e. after the epoch's metrics are written."""
+    """Saves the run directory's `checkpoints/last.ckpt` at the end of every `every_n_epochs`-th
+    epoch (and the last) through a temporary file and a rename, so a kill leaves the previous
+    checkpoint intact. Being a `Checkpoint`, Lightning runs it after the other callbacks, i.e.
+    after the epoch's metrics are written.
 
-    def __init__(self, dirpath: str | Path, every_n_epochs: int = 1):
-        self.dirpath = Path(dirpath)
-        self.every_n_epochs = max(1, every_n_epochs)
+    Args:
+        out_dir: the run directory (the checkpoint goes to its checkpoints/last.ckpt).
+        every_n_epochs: save every n-th epoch (default 1).
 
-    @property
-    def last_path(self) -> Path:
-        return self.dirpath / Path(runfiles.CHECKPOINT).name
+    Raises:
+        ArgumentError: a wrong type or a number < 1.
+
+    Example::
+
+        pl.Trainer(callbacks=[AtomicCheckpoint("outputs/my_run")])
+    """
+
+    @checked
+    def __init__(self, out_dir: str | Path, every_n_epochs: PositiveInt = 1):
+        self.last_path = RunFiles(out_dir).checkpoint
+        self.dirpath = self.last_path.parent
+        self.every_n_epochs = every_n_epochs
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from .models import LayerwiseNet
-from .names import LossName, MseReduction, OptimizerName, names
+from .names import LossName, MseReduction, names
+from .schema import Loss
 
 LOSSES = names(LossName)
-OPTIMIZERS = names(OptimizerName)
 MSE_REDUCTIONS = names(MseReduction)
+_LOSS = Loss()  # the schema's defaults (conf/train.yaml repeats them)
 
 
 def classification_loss(
@@ -54,7 +56,7 @@ def half_sum_factor(loss: str, mse_reduction: str, num_samples: int, num_classes
 AUTO_WARMUP_EPOCHS, AUTO_WARMUP_FRACTION, AUTO_WARMUP_MIN_STEPS = 10.0, 0.1, 100
 
 
-def warmup_epochs(setting, max_epochs: int, steps_per_epoch: int) -> float:
+def warmup_epochs_of(setting, max_epochs: int, steps_per_epoch: int) -> float:
     """The warm-up's length in epochs: `optim.warmup_epochs`, or for `auto` (the default) a tenth
     of the run but at least 100 optimizer steps (a deep He-initialised MLP at lr 0.01 diverges
     after a shorter one), and at most 10 epochs and half the run: a short run leaves its warm-up
@@ -80,34 +82,65 @@ def lr_factor(
 
 
 class CollapseModule(pl.LightningModule):
+    """The LightningModule of `wdcollapse-train`: a network with the paper's loss, trained by the
+    optimizer and learning-rate schedule the config names (`module` in conf/train.yaml, its
+    optimizer the `_target_` node `optim.optimizer`, its schedule `module.schedule`, both
+    `_partial_`: this module calls them with its parameters and its step counts).
+
+    Args:
+        net: the network, a `MeasuredNetwork` (this package's `MLP`, `ResNet20`, any LayerwiseNet).
+        optimizer: a partial of an optimizer class (e.g. `functools.partial(torch.optim.SGD,
+            lr=0.01, momentum=0.9)`), called with the parameter groups. SGD's `fused=True` applies
+            where the parameters' devices have the fused kernel.
+        schedule: a partial called as `schedule(optimizer, steps_per_epoch=..., max_epochs=...)`
+            returning a per-step LR scheduler (`warmup_then_drop`); None: a constant rate.
+        loss, mse_reduction: see `classification_loss` (defaults: the schema's, schema.Loss).
+        trunk_weight_decay: a ResNet trunk's own weight decay (`parameter_groups`); None: the
+            optimizer's everywhere.
+        compile: torch.compile the network's forward (training and `net(x)`; the metric pass
+            calls `iter_layers`, which stays eager).
+        channels_last: NHWC convolutions (ResNet20 on a GPU; no effect on the MLP). bf16
+            autocast is Lightning's `trainer.precision=bf16-mixed`.
+
+    Raises:
+        ValueError: an unknown loss or mse_reduction.
+
+    Optimization is manual: each `training_step` receives a *group* of consecutive batches (a list
+    of (x, y); see `data.tensors.StepGroups`) and takes one optimizer step per batch, so
+    Lightning's fixed cost per call (its hooks) is paid once per group. The results are those of
+    one step per call; `trainer.global_step` counts optimizer steps. The training losses are
+    summed on the device (`epoch_loss_sum`) for `DivergenceGuard`, which reads them once per
+    epoch: no host synchronisation per step.
+
+    Example::
+
+        module = CollapseModule(MLP([1, 28, 28], 10, 6, 3), functools.partial(torch.optim.SGD, lr=0.01))
+    """
+
     def __init__(
         self,
-        model: LayerwiseNet,
-        loss: str = "mse",
-        mse_reduction: str = "half_mean",
-        optim: dict | None = None,
+        net: torch.nn.Module,
+        optimizer: Callable,
+        schedule: Callable | None = None,
+        loss: str = _LOSS.name,
+        mse_reduction: str = _LOSS.mse_reduction,
+        trunk_weight_decay: float | None = None,
         compile: bool = False,
         channels_last: bool = False,
     ):
-        """`compile`: torch.compile the model's forward (training and `model(x)`; the metric
-        pass calls `forward_layers`, which stays eager). `channels_last`: NHWC convolutions
-        (ResNet20 on a GPU; no effect on the MLP). bf16 autocast is Lightning's
-        `trainer.precision=bf16-mixed`.
-
-        Optimization is manual: each `training_step` receives a *group* of consecutive batches
-        (a list of (x, y); see `data.tensors.StepGroups`) and takes one optimizer step per batch,
-        so Lightning's fixed cost per call (its hooks) is paid once per group. The
-        results are those of one step per call; `trainer.global_step` counts optimizer steps.
-        The training losses are summed on the device (`epoch_loss_sum`) for `DivergenceGuard`,
-        which reads them once per epoch: no host synchronisation per step."""
         super().__init__()
         self.automatic_optimization = False
         self.epoch_loss_sum: torch.Tensor | None = None
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
-        self.model = model
+        if mse_reduction not in MSE_REDUCTIONS:
+            raise ValueError(f"unknown mse_reduction {mse_reduction!r}; choose one of {MSE_REDUCTIONS}")
+        if not callable(optimizer):
+            raise ValueError(f"optimizer={optimizer!r}: a partial of an optimizer class (the config's optim.optimizer)")
+        self.model = net
         self.loss_name, self.mse_reduction = loss, mse_reduction
-        self.optim = dict(optim or {"name": "sgd", "lr": 0.01})
+        self.optimizer_factory, self.schedule_factory = optimizer, schedule
+        self.trunk_weight_decay = trunk_weight_decay
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -163,17 +196,18 @@ class CollapseModule(pl.LightningModule):
         datamodule = self.trainer.datamodule
         steps = getattr(datamodule, "steps_per_epoch", None)
         steps = min(steps, calls * getattr(datamodule, "steps_per_call", 1)) if steps else calls
-        opt, schedule = build_optimizer(parameter_groups(self.model, self.optim), self.optim, steps, max_epochs)
+        opt = build_optimizer(self.optimizer_factory, parameter_groups(self.model, self.trunk_weight_decay))
+        schedule_factory = self.schedule_factory or constant_schedule
+        schedule = schedule_factory(opt, steps_per_epoch=steps, max_epochs=max_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def parameter_groups(model: torch.nn.Module, optim: dict):
-    """The model's parameters as the optimizer gets them. With `optim.trunk_weight_decay` set,
-    two groups: the fully connected layers (first, with `optim.weight_decay`: the head whose
+def parameter_groups(model: torch.nn.Module, trunk_weight_decay: float | None = None):
+    """The model's parameters as the optimizer gets them. With `trunk_weight_decay` set, two
+    groups: the fully connected layers (first, with the optimizer's weight decay: the head whose
     balancing the theory predicts) and the trunk's parameters (a ResNet's convolutions and
     BatchNorm) with their own weight decay."""
-    trunk_wd = optim.get("trunk_weight_decay")
-    if trunk_wd is None:
+    if trunk_weight_decay is None:
         return model.parameters()
     trunk = list(getattr(model, "trunk", torch.nn.Identity()).parameters())
     if not trunk:
@@ -183,7 +217,7 @@ def parameter_groups(model: torch.nn.Module, optim: dict):
         )
     in_trunk = {id(p) for p in trunk}
     head = [p for p in model.parameters() if id(p) not in in_trunk]
-    return [{"params": head}, {"params": trunk, "weight_decay": float(trunk_wd)}]
+    return [{"params": head}, {"params": trunk, "weight_decay": float(trunk_weight_decay)}]
 
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused SGD kernel runs
@@ -196,43 +230,40 @@ def _fused_devices(params: list) -> bool:
     return bool(tensors) and all(t.device.type in FUSED_DEVICES and t.is_floating_point() for t in tensors)
 
 
-def build_optimizer(params, optim: dict, steps_per_epoch: int, max_epochs: int):
-    """The optimizer `optim` describes and its per-step learning-rate schedule (LambdaLR).
-    SGD runs torch's fused kernel (`optim.fused`, on by default where the parameters' devices
-    have it): the same arithmetic as the default per-tensor path, bit for bit (tests), in one
-    kernel per parameter: about 0.9x the step time of the cpu preset's MLPs on a CPU (`make bench-optimizer`)."""
-    o = optim
-    name = o.get("name", "sgd")
-    lr, wd = float(o["lr"]), float(o.get("weight_decay", 0.0))
-    if name in ("sgd", "gd"):
-        momentum = 0.0 if name == "gd" else float(o.get("momentum", 0.0))
-        params = list(params)
-        opt = torch.optim.SGD(
-            params,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=wd,
-            nesterov=bool(o.get("nesterov", False)) and momentum > 0,
-            **({"fused": True} if o.get("fused", True) and _fused_devices(params) else {}),
-        )
-    elif name == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    elif name == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    else:
-        raise ValueError(f"unknown optim.name {name!r}; choose one of {OPTIMIZERS}")
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda step: lr_factor(
-            step,
-            steps_per_epoch,
-            max_epochs,
-            warmup_epochs(o.get("warmup_epochs", 0), max_epochs, steps_per_epoch),
-            o.get("lr_drop_at"),
-            float(o.get("lr_drop_factor", 0.1)),
-        ),
+def build_optimizer(optimizer: Callable, params):
+    """`optimizer` (a partial of an optimizer class: the config's `optim.optimizer`) called with
+    `params`. Its `fused=True` (SGD in torch's fused kernel: the same arithmetic as the default
+    per-tensor path, bit for bit, in one kernel per parameter, about 0.9x the step time of the cpu
+    preset's MLPs: `make bench-optimizer`) holds where the parameters' devices have the kernel;
+    `fused=False` leaves torch its default."""
+    params = list(params)
+    keywords = getattr(optimizer, "keywords", None)
+    if keywords is not None and "fused" in keywords and not (keywords["fused"] and _fused_devices(params)):
+        kept = {k: v for k, v in keywords.items() if k != "fused"}
+        optimizer = functools.partial(optimizer.func, *optimizer.args, **kept)
+    return optimizer(params)
+
+
+def warmup_then_drop(
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    max_epochs: int,
+    warmup_epochs: float | str,
+    drop_at: float | None,
+    drop_factor: float,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The default learning-rate schedule (`module.schedule`): per optimizer step, a linear warm-up
+    over `warmup_epochs` (`auto`: see `warmup_epochs`), then constant, times `drop_factor` from
+    the fraction `drop_at` of training on (`lr_factor`)."""
+    warmup = warmup_epochs_of(warmup_epochs, max_epochs, steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, max_epochs, warmup, drop_at, drop_factor)
     )
-    return opt, schedule
+
+
+def constant_schedule(optimizer: torch.optim.Optimizer, steps_per_epoch: int, max_epochs: int):
+    """No schedule: the optimizer's learning rate at every step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
 def migrate_step_counter(checkpoint: dict) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 DataName = Literal["mnist", "fashion_mnist", "cifar10"]
-OptimizerName = Literal["sgd", "gd", "adam", "adamw"]
 LossName = Literal["mse", "cross_entropy"]
 MseReduction = Literal["half_mean", "half_sum", "mean"]
 Activation = Literal["relu", "leaky_relu", "smooth_leaky_relu"]
@@ -37,5 +36,5 @@ Precision = Literal[
 
 
 def names(literal) -> tuple:
-    """The allowed values of one of the Literal types above, e.g. names(OptimizerName)."""
+    """The allowed values of one of the Literal types above, e.g. names(LossName)."""
     return get_args(literal)

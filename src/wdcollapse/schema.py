@@ -25,7 +25,6 @@ from .names import (  # noqa: F401 (re-exported: the allowed names are defined o
     LossName,
     MseReduction,
     Normalize,
-    OptimizerName,
     Precision,
     Resume,
     Schedule,
@@ -98,8 +97,23 @@ class Model(Section):
     init_scale: Annotated[float, Field(gt=0)] = 1.0
 
 
+class Optimizer(Section):
+    """An optimizer node (`optim.optimizer`): a partial `_target_` the module calls with its
+    parameters; its other keys are the class's arguments (config.check_config checks their names
+    against its signature)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    target: str = Field(alias="_target_")
+    partial: Literal[True] = Field(alias="_partial_")
+
+
 class Optim(Section):
-    name: OptimizerName = "sgd"
+    """The optimizer group: its settings, which its `optimizer` node takes by interpolation. Any
+    file of conf/optim/ (or of your own config dir) is an optimizer: the keys an optimizer does not
+    take (momentum for Adam) are simply absent from its file."""
+
+    name: Annotated[str, Field(min_length=1)] = "sgd"
+    optimizer: Optimizer
     lr: Annotated[float, Field(gt=0)] = 0.01
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # heavy ball diverges at momentum >= 1
     nesterov: bool = False
@@ -164,10 +178,26 @@ class TheoryGD(Section):
     min_points: Annotated[int, Field(ge=2)] = 20
 
 
+class Target(Section):
+    """A `_target_` node whose arguments are its class's own (a callback of the user's own)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    target: str = Field(alias="_target_")
+
+
+class Checkpoint(Section):
+    target: str = Field(alias="_target_", default="wdcollapse.callbacks.AtomicCheckpoint")
+    every_n_epochs: PositiveInt = 1
+
+
 class Callbacks(Section):
+    """The Trainer's callbacks, built in order; `+callbacks.<name>._target_=...` adds one."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    guard: Target = Field(default_factory=lambda: Target(_target_="wdcollapse.callbacks.DivergenceGuard"))
     metrics: Metrics = Field(default_factory=Metrics)
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
     theory_gd: TheoryGD | None = None
-    checkpoint_every_n_epochs: PositiveInt = 1
 
 
 class Paths(Section):
@@ -188,7 +218,8 @@ class Settings(Section):
     paths: Paths
     data: Data
     model: Model
-    optim: Optim = Field(default_factory=Optim)
+    optim: Optim
+    module: Target
     trainer: Trainer = Field(default_factory=Trainer)
     callbacks: Callbacks = Field(default_factory=Callbacks)
     logger: dict[str, dict[str, Any]] | None = None

@@ -15,6 +15,7 @@ with the same run directory resumes a killed run and skips a finished one (resum
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import sys
@@ -28,17 +29,16 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from . import rundir
-from .callbacks import AtomicCheckpoint, Diverged, DivergenceGuard, MetricMonitor
+from .callbacks import Diverged, MetricMonitor
 from .config import CONFIG_PATH, ConfigError, check_command_line, check_config, register_resolvers
 from .data.errors import DataCorruptError, DataNotFoundError
 from .interfaces import MeasuredNetwork, MetricData, missing
-from .module import CollapseModule
-from .rundir import last_checkpoint, launched_rank, logger_kwargs, write_summary
+from .rundir import launched_rank, logger_kwargs, write_summary
 from .schema import OWN_DATA, OWN_MODELS
 
 log = logging.getLogger("wdcollapse")
@@ -49,13 +49,26 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
 logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
 
 
+def takes(target: str, argument: str) -> bool:
+    """Whether the class or function `target` (a dotted path) takes the keyword `argument`."""
+    return argument in inspect.signature(get_object(target)).parameters
+
+
+def build_callbacks(cfg: DictConfig, out_dir: Path) -> list[pl.Callback]:
+    """cfg.callbacks' nodes, in order, each built by Hydra; one that takes `out_dir` gets the run
+    directory. (Lightning runs checkpoint callbacks after the others, whatever their place.)"""
+    callbacks = []
+    for node in (cfg.callbacks or {}).values():
+        if node is None:
+            continue
+        where = {"out_dir": str(out_dir)} if takes(node._target_, "out_dir") else {}
+        callbacks.append(instantiate(node, **where))
+    return callbacks
+
+
 def build_trainer(cfg: DictConfig, out_dir: Path, wandb_id: str | None = None) -> tuple[pl.Trainer, MetricMonitor]:
-    monitor = instantiate(cfg.callbacks.metrics, out_dir=str(out_dir))
-    checkpoint = AtomicCheckpoint(last_checkpoint(out_dir).parent, cfg.callbacks.checkpoint_every_n_epochs)
-    # The guard first: a diverged epoch ends before the metric pass sees its weights.
-    callbacks = [DivergenceGuard(), monitor, checkpoint]
-    if cfg.callbacks.get("theory_gd") is not None:  # experiment=theory_gd: Theorem 4.4's setting
-        callbacks.insert(2, instantiate(cfg.callbacks.theory_gd, out_dir=str(out_dir)))
+    callbacks = build_callbacks(cfg, out_dir)
+    monitor = next(c for c in callbacks if isinstance(c, MetricMonitor))
     # _convert_="all": W&B's init takes plain dicts and lists (its tags, its config), not DictConfig
     loggers = [instantiate(c, _convert_="all", **logger_kwargs(c, wandb_id)) for c in (cfg.logger or {}).values()]
     for logger in loggers:
@@ -160,14 +173,8 @@ def _train(cfg: DictConfig, segment: rundir.Segment) -> dict:
             with from_setting("model", cfg.model._target_):
                 net = instantiate(cfg.model)
                 require_interface(net, MeasuredNetwork, "model")
-            module = CollapseModule(
-                net,
-                cfg.loss.name,
-                cfg.loss.mse_reduction,
-                optim=OmegaConf.to_container(cfg.optim, resolve=True),
-                compile=bool(cfg.compile),
-                channels_last=bool(cfg.channels_last),
-            )
+            with from_setting("optim"):
+                module = instantiate(cfg.module, net=net)  # the checked network, not a second one
             with from_setting("trainer"):
                 trainer, monitor = build_trainer(cfg, out_dir, segment.wandb_id)
         except REFUSALS:
