@@ -185,7 +185,8 @@ class TheoryGDMonitor(Callback):
         was_training = pl_module.training
         pl_module.eval()
         act = activation_assumption(net.activation)
-        opt = pl_module.optim
+        opt = trainer.optimizers[0]  # as the config built it: its class and arguments
+        group = opt.param_groups[0]  # the head's group (parameter_groups puts it first)
         info = {
             "setting": {
                 "N": data.num_train,
@@ -194,10 +195,10 @@ class TheoryGDMonitor(Callback):
                 "input_dim": int(net.weights[0].shape[1]),
                 "nonlinear_depth": net.nonlinear_depth,
                 "linear_depth": net.linear_depth,
-                "lr": float(opt["lr"]),
-                "weight_decay": float(opt.get("weight_decay", 0.0)),
-                "optimizer": opt.get("name"),
-                "momentum": float(opt.get("momentum", 0.0)) if opt.get("name") != "gd" else 0.0,
+                "lr": float(opt.defaults["lr"]),
+                "weight_decay": float(group.get("weight_decay", 0.0)),
+                "optimizer": type(opt).__name__,
+                "momentum": float(group.get("momentum", 0.0)),
                 "full_batch": getattr(data, "batch_size", None) in (None, data.num_train),
                 "loss": pl_module.loss_name,
                 "mse_reduction": pl_module.mse_reduction,
@@ -265,7 +266,7 @@ class TheoryGDMonitor(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.flush()
         info = read_json(self.theory_path, default={}) or {}
-        wd = float(pl_module.optim.get("weight_decay", 0.0))
+        wd = float(trainer.optimizers[0].param_groups[0].get("weight_decay", 0.0))
         info["rate"] = analyse_steps(
             read_jsonl(self.steps_path), wd, self.settle, self.floor, self.tolerance, self.min_points
         )
