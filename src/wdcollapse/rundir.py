@@ -17,6 +17,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +159,39 @@ class Segment:
             metric_seconds=None if metric is None else round(metric, 2),
             **extra,
         )
+
+
+def execute(cfg: DictConfig, out_dir: str | Path, build: Callable, refusals: tuple = (ConfigError,)) -> dict:
+    """One segment of the run in `out_dir`, from its lock to its summary: the whole life cycle of a
+    run directory is here. `build(cfg, segment)` makes the job (an object with `identity`, the
+    summary's fields while it runs, and `fit()` -> (status, extra fields, metric seconds)).
+    Returns the run's summary; a run finished already is skipped (resume=auto).
+    - an error of `refusals` while building (a setting, the data) leaves a fresh directory as it
+      found it and a resumed one as it was: nothing was trained;
+    - any other error, in building or fitting, marks the run `failed` with error.txt, keeping what
+      it computed (its rows and checkpoint);
+    - the directory's lock is released whatever happens."""
+    segment = start(cfg, out_dir)
+    try:
+        if segment.done is not None:
+            return segment.done
+        try:
+            job = build(cfg, segment)
+        except refusals:
+            segment.refused()
+            raise
+        except BaseException as e:
+            record_failure(segment.out_dir, e)
+            raise
+        segment.running(**job.identity)
+        try:
+            status, extra, metric_seconds = job.fit()
+        except BaseException as e:
+            record_failure(segment.out_dir, e)
+            raise
+        return segment.finish(status, metric_seconds=metric_seconds, **extra)
+    finally:
+        segment.release()
 
 
 def start(cfg: DictConfig, out_dir: str | Path) -> Segment:

@@ -21,6 +21,7 @@ import os
 import sys
 import traceback
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -146,55 +147,63 @@ REFUSALS = (ConfigError, DataNotFoundError, DataCorruptError)  # a setting or th
 
 
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Train as `cfg` says into `out_dir`; returns the run's summary. The run directory is held by
-    this process until it returns (a second process is refused); a run refused by its settings or
-    data before training leaves a fresh directory as it found it."""
+    """Train as `cfg` says into `out_dir`; returns the run's summary. The run directory's life
+    cycle is rundir.execute's (its lock, resume, summary, a refusal's clean-up); this module only
+    builds the job from the config's nodes (`build`) and fits it (`Job.fit`). Callable in-process:
+    tests compose a config and call run(cfg, tmp_path)."""
     check_config(cfg)
-    segment = rundir.start(cfg, out_dir)
-    try:
-        return segment.done if segment.done is not None else _train(cfg, segment)
-    finally:
-        segment.release()
+    return rundir.execute(cfg, out_dir, build, refusals=REFUSALS)
 
 
-def _train(cfg: DictConfig, segment: rundir.Segment) -> dict:
-    out_dir = segment.out_dir
+@dataclass
+class Job:
+    """What `build` made of the config for one segment: fit() trains it and says how it ended."""
+
+    trainer: pl.Trainer
+    module: pl.LightningModule
+    datamodule: pl.LightningDataModule
+    monitor: MetricMonitor
+    ckpt: Path | None
+    identity: dict  # name, seed, num_train: summary.json's while running
+
+    def fit(self) -> tuple[str, dict, float]:
+        """(status, extra summary fields, metric-pass seconds): finished, or diverged at an epoch."""
+        try:
+            self.trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=str(self.ckpt) if self.ckpt else None)
+            return "finished", {}, self.monitor.metric_seconds
+        except Diverged as e:
+            log.warning("%s: %s", self.monitor.out_dir, e)
+            return "diverged", {"diverged_epoch": e.epoch, "diverged_step": e.step}, self.monitor.metric_seconds
+        finally:
+            finish_loggers(self.trainer)
+
+
+def build(cfg: DictConfig, segment: rundir.Segment) -> Job:
+    """The data module, the network, the LightningModule (the config's `module` node, with the
+    network just built), the callbacks and loggers and the Trainer, for `segment`'s directory.
+    An error of a setting or of the data is a one-line ConfigError (`from_setting`)."""
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), verbose=False)
     trainer = None
     try:
-        try:
-            own_data = cfg.data._target_ in OWN_DATA  # a data module of the user's own groups no steps
-            with from_setting("data", cfg.data._target_):
-                steps = {"steps_per_call": int(cfg.steps_per_call)} if own_data else {}
-                datamodule = instantiate(cfg.data, **steps)
-                datamodule.setup("fit")
-                require_interface(datamodule, MetricData, "data")
-            with from_setting("model", cfg.model._target_):
-                net = instantiate(cfg.model)
-                require_interface(net, MeasuredNetwork, "model")
-            with from_setting("optim"):
-                module = instantiate(cfg.module, net=net)  # the checked network, not a second one
-            with from_setting("trainer"):
-                trainer, monitor = build_trainer(cfg, out_dir, segment.wandb_id)
-        except REFUSALS:
-            finish_loggers(trainer)
-            segment.refused()  # nothing trained yet: a fresh directory is left as it was found
-            raise
-        segment.running(name=cfg.name, seed=int(cfg.seed), num_train=datamodule.num_train)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(segment.ckpt) if segment.ckpt else None)
-        status, extra = "finished", {}
-    except Diverged as e:
-        log.warning("%s: %s", out_dir, e)
-        status, extra = "diverged", {"diverged_epoch": e.epoch, "diverged_step": e.step}
-    except REFUSALS:
-        raise
-    except BaseException as e:
-        rundir.record_failure(out_dir, e)
-        raise
-    finally:
+        own_data = cfg.data._target_ in OWN_DATA  # a data module of the user's own groups no steps
+        with from_setting("data", cfg.data._target_):
+            steps = {"steps_per_call": int(cfg.steps_per_call)} if own_data else {}
+            datamodule = instantiate(cfg.data, **steps)
+            datamodule.setup("fit")
+            require_interface(datamodule, MetricData, "data")
+        with from_setting("model", cfg.model._target_):
+            net = instantiate(cfg.model)
+            require_interface(net, MeasuredNetwork, "model")
+        with from_setting("optim"):
+            module = instantiate(cfg.module, net=net)  # the checked network, not a second one
+        with from_setting("trainer"):
+            trainer, monitor = build_trainer(cfg, segment.out_dir, segment.wandb_id)
+    except BaseException:
         finish_loggers(trainer)
-    return segment.finish(status, metric_seconds=monitor.metric_seconds if trainer else None, **extra)
+        raise
+    identity = {"name": cfg.name, "seed": int(cfg.seed), "num_train": datamodule.num_train}
+    return Job(trainer, module, datamodule, monitor, segment.ckpt, identity)
 
 
 def launches_ddp_processes(cfg: DictConfig) -> bool:
