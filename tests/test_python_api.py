@@ -447,3 +447,40 @@ def test_the_dashboard_command_exits_1_when_it_could_not_save_and_says_when_it_r
     assert "error: could not save the workspaces" in proc.stderr and (tmp_path / "dashboards.json").is_file()
     proc = _cli(["-m", "wdcollapse.dashboards", "--figures", "mlp_mnist", "--describe", "dashboards.json"], tmp_path)
     assert proc.returncode == 0 and "replacing the existing dashboards.json" in proc.stderr
+
+
+# --- the public surface ----------------------------------------------------------------------------
+
+
+def test_every_public_name_is_documented_lightning_style():
+    import inspect
+
+    import wdcollapse
+    from wdcollapse.metric_pass import metric_pass as pass_fn
+    from wdcollapse.restore import restore as restore_fn
+
+    documented = [getattr(wdcollapse, n) for n in wdcollapse.__all__ if n != "__version__"]
+    documented += [pass_fn, restore_fn]
+    for obj in documented:
+        if isinstance(obj, type) and (issubclass(obj, Exception) or getattr(obj, "_is_protocol", False)):
+            continue  # the errors and the two interfaces (Protocols) document their members instead
+        doc = inspect.getdoc(obj) or ""
+        for section in ("Args:", "Raises:", "Example::"):
+            assert section in doc, (obj.__name__, section)
+
+
+def test_metrics_and_the_metric_pass_import_without_lightning_hydra_pydantic_or_matplotlib():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from wdcollapse.metric_pass import metric_pass; import wdcollapse.metrics; "
+        "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'hydra', 'pydantic', 'matplotlib', 'omegaconf') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    # and the known-fail case: the callbacks do pull Lightning in
+    code = code.replace("from wdcollapse.metric_pass import metric_pass", "import wdcollapse.callbacks")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pytorch_lightning" in out

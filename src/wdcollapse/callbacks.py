@@ -122,7 +122,20 @@ class DivergenceGuard(Callback):
     """Stops the run (raising `Diverged`) at the end of the first epoch with a non-finite
     training loss, before the bad weights reach the metric pass or a checkpoint: put it first
     in the callback list (MetricMonitor checks too). Checked once per epoch, not per step: on
-    a GPU a read per step would stall the queue, and a diverged epoch only costs its steps."""
+    a GPU a read per step would stall the queue, and a diverged epoch only costs its steps.
+    It reads the module's on-device `epoch_loss_sum` (CollapseModule keeps it); a module without
+    one is never stopped.
+
+    Args:
+        none: it reads the module and the Trainer it is given.
+
+    Raises:
+        Diverged: in `on_train_epoch_end`, with the epoch, the step and the loss.
+
+    Example::
+
+        pl.Trainer(callbacks=[DivergenceGuard(), MetricMonitor("outputs/run")])
+    """
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         check_diverged(trainer, pl_module)
@@ -131,20 +144,48 @@ class DivergenceGuard(Callback):
 class MetricMonitor(Callback):
     """Runs the metric pass on the training set (eval mode) at initialisation and then on the
     schedule; appends one JSON line per evaluated epoch to metrics.jsonl, writes the latest
-    class-mean Gram matrices to grams.json, and logs the row to every Lightning logger.
+    class-mean Gram matrices to grams.json, and logs the row to every Lightning logger (their
+    `epoch` and `step` then follow the rows: `stamp_epochs`).
 
     What it measures (wdcollapse.interfaces): by default `pl_module.model`, a `MeasuredNetwork`
-    (this package's models), on `trainer.datamodule`, a `MetricData`. For any other
-    LightningModule: `layers` names its fully connected submodules in forward order (names from
-    `pl_module.named_modules()`, e.g. ["head.0", "head.2", "fc"]) and `linear_depth` how many of
-    the last ones form the linear head (HookedNetwork); `data` is a DataLoader of the training
-    set in a fixed order (or any `MetricData`), `test_data` one of the test set, `num_classes`
-    the number of classes, and `loss_fn(output, labels)` (optional) the batch's summed loss, of
-    which `train/loss` is the mean.
-    `theory` adds Theorem 3.1's `theory/*` quantities (see wdcollapse.theorems): auto = for
-    models with a linear head of >= 2 layers, true, or false. `exact=False` computes each
-    chunk's statistics in float32 and accumulates them in float64 (about 1e-7 relative to the
-    float64 path, and faster).
+    (this package's models), on `trainer.datamodule`, a `MetricData`; for any other
+    LightningModule, the named layers of `layers` (a `HookedNetwork`) on `data`.
+
+    Args:
+        out_dir: where metrics.jsonl and grams.json go, created if missing (default None: the
+            Trainer's `default_root_dir`).
+        schedule: "log" (default: `num_points` log-spaced epochs) or "every" (every `every_n`).
+            Epoch 0 (at initialisation) and the last epoch are always evaluated.
+        every_n: with schedule="every", the interval in epochs (default 1).
+        num_points: with schedule="log", how many epochs (default 25).
+        test_acc: also measure `test/acc` (default True; needs test data).
+        theory: Theorem 3.1's `theory/*` keys: "auto" (default: for a linear head of >= 2
+            layers), True or False.
+        exact: float64 throughout (default False: each chunk's statistics in float32,
+            accumulated in float64, about 1e-7 relative).
+        extra: the literature's metrics (schema.ExtraMetrics: papyan_nc1_cdnv, etf,
+            self_duality, nc4, test_set), as a mapping of switches or a list of names.
+        layers: names from `pl_module.named_modules()` of its fully connected layers in forward
+            order (e.g. ["head.0", "head.2", "fc"]), checked against the module at `setup`.
+        linear_depth: with `layers`, how many of the last ones form the linear head.
+        data: a DataLoader of the training set in a fixed order, without augmentation (or any
+            MetricData); default: the Trainer's datamodule.
+        test_data: with a DataLoader `data`, one of the test set.
+        num_classes: with a DataLoader `data`, the number of classes.
+        loss_fn: `loss_fn(output, labels)`, the batch's summed loss (optional): `train/loss` is
+            its mean.
+
+    Raises:
+        ArgumentError: a wrong type or value, an unknown name, a missing companion argument
+            (layers without linear_depth, a DataLoader without num_classes), at the call; a layer
+            name the module lacks, or no data, at `setup`; a batch that is not (inputs, labels)
+            at the first batch. One line each.
+
+    Example::
+
+        monitor = MetricMonitor("outputs/my_run", layers=["fc1", "fc2", "fc3"], linear_depth=2,
+                                data=DataLoader(train_set, batch_size=512), test_acc=False, num_classes=10)
+        pl.Trainer(max_epochs=10, callbacks=[monitor]).fit(my_module, train_loader)
 
     Under data parallelism (Lightning's DDP) each rank runs the metric pass on its share of
     the chunks of the training (and test) set and the ranks' accumulated statistics are

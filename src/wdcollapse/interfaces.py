@@ -69,11 +69,26 @@ class PaperLayout:
 
 
 class HookedNetwork(PaperLayout):
-    """`MeasuredNetwork` for named submodules of any module: `layers` are names from
-    `module.named_modules()` ("head.0", "fc", ...) of fully connected layers (2-D weights), in
-    forward order; the last `linear_depth` of them form the linear head. Z_l is what layer l+1
-    receives (the activation between them applied), Z_L the last layer's output (the logits),
-    W_l Z_{l-1} each layer's own output. One forward hook per layer, held only during a pass."""
+    """`MeasuredNetwork` for named submodules of any module, through forward hooks. Z_l is what
+    layer l+1 receives (the activation between them applied), Z_L the last layer's output (the
+    logits), W_l Z_{l-1} each layer's own output. One forward hook per layer, held only during a
+    pass.
+
+    Args:
+        module: any torch.nn.Module.
+        layers: names from `module.named_modules()` ("head.0", "fc", ...) of fully connected
+            layers (2-D weights [out, in]), in forward order, each once.
+        linear_depth: how many of the last named layers form the linear head (0..len(layers)).
+
+    Raises:
+        ArgumentError: a name the module lacks (every candidate is listed), a layer without a
+            2-D weight, a name given twice, a wrong type; one line each.
+
+    Example::
+
+        net = HookedNetwork(model, ["head.0", "head.2", "head.4"], linear_depth=2)
+        row, grams = metric_pass(net, DataLoader(train_set, batch_size=512), num_classes=10)
+    """
 
     def __init__(self, module: nn.Module, layers: list[str], linear_depth: int):
         call = "HookedNetwork"
@@ -160,7 +175,22 @@ class HookedNetwork(PaperLayout):
 class LoaderData:
     """`MetricData` over plain PyTorch DataLoaders (any re-iterable of (inputs, labels)
     batches): the metric pass takes the training loader's batches in its order (use one without
-    shuffling and augmentation), under data parallelism batch i goes to rank i % world."""
+    shuffling and augmentation), under data parallelism batch i goes to rank i % world.
+
+    Args:
+        train: the training set's loader.
+        num_classes: the number of classes (>= 2).
+        test: the test set's loader (optional: test/acc and the test_set metrics need it).
+
+    Raises:
+        ArgumentError: a loader that is not iterable, a bad num_classes; at the first batch, a
+            batch that is not (inputs, labels); in eval_batches, an unknown split or a missing
+            test loader.
+
+    Example::
+
+        data = LoaderData(DataLoader(train_set, batch_size=512), 10, test=DataLoader(test_set, batch_size=512))
+    """
 
     def __init__(self, train: Iterable, num_classes: int, test: Iterable | None = None):
         for name, loader in (("train", train), ("test", test)):

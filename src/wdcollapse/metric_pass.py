@@ -149,7 +149,24 @@ def metric_pass(
     extra: Iterable[str] = (),
     nc4_centres: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], dict[str, list]]:
-    """Returns (metrics row, class-mean Gram matrices) for the layers l = 1..L.
+    """One pass over `batches` measuring every layer l = 1..L of `net` (a MeasuredNetwork: this
+    package's models, or any module wrapped in HookedNetwork).
+
+    Args:
+        net: the network; `num_classes`: K; `batches`: (inputs, labels) pairs, or a function
+            returning a fresh iterable of them; the rest as described below.
+
+    Returns:
+        (metrics row, class-mean Gram matrices).
+
+    Raises:
+        ArgumentError: a wrong argument (type, range, unknown family) at the call; a batch that
+            is not an (inputs, labels) pair of tensors at that batch. One line each.
+
+    Example::
+
+        row, grams = metric_pass(HookedNetwork(model, ["fc1", "fc2", "fc3"], 2), loader, 10, extra=["etf"])
+        row["nc1/layer_2"], row["balancedness/layer_2"]
 
     Row keys: `nc1/layer_l`, `nc2/layer_l` (of Z_l), `negativity/layer_l` (activated layers,
     on the pre-activation), `balancedness/layer_l` (pair l, l+1), `nc3` (Z_{L-1} against W_L),

@@ -25,8 +25,25 @@ def restore(
     run_dir: str | Path,
     checkpoint: str | Path | None = None,
 ) -> tuple[torch.nn.Module, object, DictConfig]:
-    """(network in eval mode, set-up data module, resolved config) of the run in `run_dir`,
-    with the weights and buffers of `checkpoint` (default: the run's last.ckpt). CPU tensors."""
+    """A trained run's network and data, rebuilt from its directory.
+
+    Args:
+        run_dir: a directory that wdcollapse-train wrote (config.yaml, checkpoints/last.ckpt).
+        checkpoint: another checkpoint of the run (default: its last.ckpt).
+
+    Returns:
+        (network in eval mode with the checkpoint's weights and buffers, the set-up data module,
+        the resolved config); CPU tensors.
+
+    Raises:
+        FileNotFoundError: no config.yaml or checkpoint there; one line.
+        ArgumentError: `run_dir` or `checkpoint` is not a str or Path.
+
+    Example::
+
+        net, data, cfg = restore("outputs/my_sweep/0_seed=0")
+        row, grams = metric_pass(net, data.eval_batches("train"), data.num_classes)
+    """
     run_dir = Path(run_dir)
     config = RunFiles(run_dir).config
     ckpt = Path(checkpoint) if checkpoint else last_checkpoint(run_dir)

@@ -112,7 +112,22 @@ def by_lr_and_nonlinear_depth(runs: list[Run]) -> dict:
 
 @checked
 def load_run(path: str | Path) -> Run | None:
-    """A run directory as written by `wdcollapse-train`; None if it has no config yet."""
+    """A run directory as written by `wdcollapse-train`.
+
+    Args:
+        path: the run directory.
+
+    Returns:
+        Its `Run`, or None if it has no config.yaml yet (a run that has not started).
+
+    Raises:
+        ArgumentError: `path` is not a str or Path.
+
+    Example::
+
+        run = load_run("outputs/my_sweep/0_seed=0")
+        run.status, run.final["nc1/layer_8"]
+    """
     path = Path(path)
     files = RunFiles(path)
     config_path = files.config
@@ -127,8 +142,24 @@ def load_run(path: str | Path) -> Run | None:
 @checked
 def load_runs(sweep_dir: str | Path) -> list[Run]:
     """Every run directory directly under `sweep_dir` (a folder of a multirun, a figure's `runs/`
-    folder, or any folder of run directories), sorted by path. A folder that does not exist is a
-    FileNotFoundError of one line (a mistyped path must not read as an empty sweep)."""
+    folder, or any folder of run directories), sorted by path, read without torch.
+
+    Args:
+        sweep_dir: the folder that holds the run directories.
+
+    Returns:
+        A list of `Run` (config, summary, metrics history, Gram matrices; `run.series(key)`).
+
+    Raises:
+        FileNotFoundError: `sweep_dir` does not exist (a mistyped path must not read as an
+            empty sweep); one line.
+        ArgumentError: `sweep_dir` is not a str or Path.
+
+    Example::
+
+        for run in load_runs("outputs/my_sweep"):
+            epochs, nc1 = run.series(f"nc1/layer_{run.num_layers - 1}")
+    """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(
