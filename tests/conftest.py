@@ -113,3 +113,16 @@ def sgd(
     )
     schedule = partial(warmup_then_drop, warmup_epochs=warmup_epochs, drop_at=drop_at, drop_factor=drop_factor)
     return {"optimizer": optimizer, "schedule": schedule}
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb_service_left_behind():
+    """A W&B run in this process leaves WANDB_SERVICE (its service's socket) in os.environ until
+    wandb.teardown(); a subprocess started later would inherit it and hand its records to a
+    service that is gone. Tear it down after any test that started one."""
+    yield
+    if "WANDB_SERVICE" in os.environ and "wandb" in sys.modules:
+        import wandb
+
+        wandb.teardown()
+        os.environ.pop("WANDB_SERVICE", None)
