@@ -440,6 +440,7 @@ def _cli(args, cwd, env=None, timeout=300):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_the_dashboard_command_exits_1_when_it_could_not_save_and_says_when_it_replaces(tmp_path):
     env = {"HOME": str(tmp_path), "WANDB_API_KEY": "", "WANDB_MODE": "online", "NETRC": str(tmp_path / "none")}
     proc = _cli(["-m", "wdcollapse.dashboards", "--entity", "nobody", "--figures", "mlp_mnist"], tmp_path, env)
@@ -469,6 +470,7 @@ def test_every_public_name_is_documented_lightning_style():
             assert section in doc, (obj.__name__, section)
 
 
+@pytest.mark.slow
 def test_metrics_and_the_metric_pass_import_without_lightning_hydra_pydantic_or_matplotlib():
     import subprocess
     import sys

@@ -19,6 +19,7 @@ from wdcollapse.io import LOCK_FILE, hold_directory
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
+@pytest.mark.slow
 def test_a_refused_setting_leaves_no_run_directory(tmp_path):
     out = tmp_path / "outputs" / "runs" / "x"
     cmd = [sys.executable, "-m", "wdcollapse.train", "model.width=abc", "hydra.run.dir=outputs/runs/x"]
@@ -28,6 +29,7 @@ def test_a_refused_setting_leaves_no_run_directory(tmp_path):
     assert not out.exists() and not (tmp_path / "outputs").exists()  # nor the parents it made
 
 
+@pytest.mark.slow
 def test_missing_data_leaves_no_run_directory_and_no_failed_summary(tmp_path):
     out = tmp_path / "run"
     empty = tmp_path / "no_data"
@@ -37,6 +39,7 @@ def test_missing_data_leaves_no_run_directory_and_no_failed_summary(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_refusal_on_an_existing_run_keeps_it_as_it_was(tmp_path):
     run_train(tmp_path, *TINY, "logger=none")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != "train.log"}
