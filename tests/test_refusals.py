@@ -104,19 +104,25 @@ def test_a_second_process_on_a_live_run_directory_is_refused_and_the_first_ones_
 
 
 @pytest.mark.slow
-def test_a_second_reproduction_into_a_live_folder_is_refused(tmp_path):
-    holder = _holder(tmp_path)
-    try:
-        cmd = [sys.executable, "-m", "wdcollapse.reproduce", "--preset", "smoke", "--out", str(tmp_path)]
-        proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
-    finally:
-        holder.kill()
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines() == [
+def test_a_second_reproduction_into_a_live_folder_is_refused_and_the_first_one_finishes(tmp_path):
+    cmd = [sys.executable, "-m", "wdcollapse.reproduce", "--preset", "smoke", "--only", "theory_gd"]
+    cmd += ["--out", str(tmp_path), "--wandb", "disabled"]
+    first = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "runs").exists() and time.time() < deadline:  # the first one is training
+        time.sleep(0.1)
+    second = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert first.poll() is None, "the first reproduction ended before the second started"
+    assert second.returncode != 0
+    assert second.stderr.strip().splitlines() == [
         f"error: reproduction folder {tmp_path} is in use by another live process; wait for it to end (it resumes "
         "when run again), or pass --out"
     ]
-    assert not (tmp_path / "runs").exists()
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    (summary,) = (tmp_path / "runs" / "theory_gd").glob("*/summary.json")
+    assert json.loads(summary.read_text())["status"] == "finished"
+    assert "theory_gd" in (tmp_path / "REPORT.md").read_text()
 
 
 USER_MODEL = '''
