@@ -15,7 +15,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from wdcollapse.module import CollapseModule, build_optimizer, constant_schedule
+from wdcollapse.module import CollapseModule, build_optimizer
 
 
 def timed(fn: Callable[[], object], clock: Callable[[], float] = time.process_time) -> float:
@@ -34,8 +34,7 @@ class PlainLoop:
     def __init__(self, module: CollapseModule, data, max_epochs: int, forward_context=contextlib.nullcontext):
         self.module, self.data, self.forward_context = module, data, forward_context
         self.opt = build_optimizer(module.optimizer_factory, module.model.parameters())
-        schedule = module.schedule_factory or constant_schedule
-        self.sched = schedule(self.opt, steps_per_epoch=data.steps_per_epoch, max_epochs=max_epochs)
+        self.sched = module.schedule_factory(self.opt, steps_per_epoch=data.steps_per_epoch, max_epochs=max_epochs)
 
     def epoch(self) -> None:
         self.module.train()

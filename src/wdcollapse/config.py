@@ -158,8 +158,8 @@ def check_config(cfg: DictConfig) -> Settings:
         "optim.warmup_epochs",
         warmup,
         f"at most half of trainer.max_epochs={trainer.max_epochs} ({trainer.max_epochs / 2:g}): a longer warm-up "
-        "keeps the learning rate at a fraction of optim.lr for most of the run; use auto (min(10, a tenth of the "
-        "epochs)) or a shorter one",
+        "keeps the learning rate at a fraction of optim.lr for most of the run; use auto (a tenth of the run, "
+        "at least 100 steps, at most 10 epochs and half the run) or a shorter one",
     )
     on_cpu = trainer.get("accelerator") == "cpu" or (
         trainer.get("accelerator") in (None, "auto") and not torch.cuda.is_available()

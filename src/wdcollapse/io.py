@@ -10,6 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
+from .errors import ConfigError
+
 
 def finite_or_none(obj: Any) -> Any:
     """`obj` with every NaN or infinite float (at any depth) replaced by None."""
@@ -107,10 +111,6 @@ def hold_directory(directory: Path, what: str, hint: str):
     the caller keeps the returned object alive as long as it writes there. A directory another live
     process holds is refused with one line: `what` names the directory's kind, `hint` what to do.
     A second lock on the same directory is refused within one process too: release it first."""
-    from filelock import FileLock, Timeout
-
-    from .errors import ConfigError
-
     lock = FileLock(str(Path(directory) / LOCK_FILE), timeout=0, thread_local=False)
     try:
         lock.acquire()

@@ -139,7 +139,8 @@ class CollapseModule(pl.LightningModule):
             raise ValueError(f"optimizer={optimizer!r}: a partial of an optimizer class (the config's optim.optimizer)")
         self.model = net
         self.loss_name, self.mse_reduction = loss, mse_reduction
-        self.optimizer_factory, self.schedule_factory = optimizer, schedule
+        self.optimizer_factory = optimizer
+        self.schedule_factory = schedule if schedule is not None else constant_schedule
         self.trunk_weight_decay = trunk_weight_decay
         self.channels_last = channels_last
         if channels_last:
@@ -197,8 +198,7 @@ class CollapseModule(pl.LightningModule):
         steps = getattr(datamodule, "steps_per_epoch", None)
         steps = min(steps, calls * getattr(datamodule, "steps_per_call", 1)) if steps else calls
         opt = build_optimizer(self.optimizer_factory, parameter_groups(self.model, self.trunk_weight_decay))
-        schedule_factory = self.schedule_factory or constant_schedule
-        schedule = schedule_factory(opt, steps_per_epoch=steps, max_epochs=max_epochs)
+        schedule = self.schedule_factory(opt, steps_per_epoch=steps, max_epochs=max_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

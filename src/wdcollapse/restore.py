@@ -16,7 +16,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .arguments import checked
-from .rundir import last_checkpoint
 from .runfiles import RunFiles
 
 
@@ -46,7 +45,7 @@ def restore(
     """
     run_dir = Path(run_dir)
     config = RunFiles(run_dir).config
-    ckpt = Path(checkpoint) if checkpoint else last_checkpoint(run_dir)
+    ckpt = Path(checkpoint) if checkpoint else RunFiles(run_dir).checkpoint
     for path, what in ((config, "config.yaml"), (ckpt, "checkpoint")):
         if not path.is_file():
             raise FileNotFoundError(

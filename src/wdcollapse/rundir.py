@@ -26,7 +26,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from . import runfiles
 from .errors import ConfigError
 from .io import (
     LOCK_FILE,
@@ -41,11 +40,6 @@ from .runfiles import RunFiles
 
 log = logging.getLogger("wdcollapse")
 TERMINAL = ("finished", "diverged")
-
-
-def last_checkpoint(run_dir: str | Path) -> Path:
-    """Where a run directory keeps its latest checkpoint (callbacks.AtomicCheckpoint writes it)."""
-    return RunFiles(run_dir).checkpoint
 
 
 def completed_epochs(ckpt: Path) -> int:
@@ -86,7 +80,7 @@ def launched_rank() -> int:
 
 def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
     """The checkpoint this run continues from: checkpoints/last.ckpt unless resume=never."""
-    ckpt = last_checkpoint(out_dir)
+    ckpt = RunFiles(out_dir).checkpoint
     return ckpt if cfg.resume != "never" and ckpt.exists() else None
 
 
@@ -96,8 +90,8 @@ def prepare_run_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
     metrics_path = RunFiles(out_dir).metrics
     if ckpt is None:
         # What a run killed before its first checkpoint (or an older run) left cannot be continued.
-        for stale in runfiles.RESTARTED:
-            (out_dir / stale).unlink(missing_ok=True)
+        for stale in RunFiles(out_dir).restarted():
+            stale.unlink(missing_ok=True)
         return None
     done = completed_epochs(ckpt)
     # A kill between a metrics line and the checkpoint leaves rows the resumed run redoes.
@@ -131,9 +125,10 @@ class Segment:
         """A setting or the data refused this run before training started: a fresh directory loses
         what `start` wrote (it holds nothing computed); a resumed one stays as it was (no `failed`)."""
         if self.fresh and launched_rank() == 0:
-            for name in (runfiles.CONFIG, *runfiles.RESTARTED):
-                (self.out_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(RunFiles(self.out_dir).wandb, ignore_errors=True)
+            files = RunFiles(self.out_dir)
+            for path in (files.config, *files.restarted()):
+                path.unlink(missing_ok=True)
+            shutil.rmtree(files.wandb, ignore_errors=True)
 
     def running(self, **fields) -> dict:
         """summary.json status `running`; a resumed run keeps its start time."""

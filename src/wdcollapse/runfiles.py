@@ -7,63 +7,24 @@ the readers (runs, restore, report, plots) all find them here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-CONFIG = "config.yaml"  # the resolved config of the run
-METRICS = "metrics.jsonl"  # one row per evaluated epoch (MetricMonitor)
-GRAMS = "grams.json"  # the class-mean Gram matrices at the latest evaluation
-SUMMARY = "summary.json"  # status, final row, seconds, W&B id
-ERROR = "error.txt"  # the traceback of a failed run
-CHECKPOINT = "checkpoints/last.ckpt"  # the latest end-of-epoch checkpoint (AtomicCheckpoint)
-STEPS = "steps.jsonl"  # theory_gd: loss and balancedness error per step
-THEORY = "theory.json"  # theory_gd: assumptions, phase boundary, fitted balancing rate
-WANDB = "wandb"  # the offline W&B run
-# what a run started over (or refused before training) must not leave behind for a new run
-RESTARTED = (METRICS, CHECKPOINT, SUMMARY, ERROR, GRAMS)
 
-
-@dataclass(frozen=True)
 class RunFiles:
     """The paths of one run directory's files."""
 
-    root: Path
-
     def __init__(self, root: str | Path):
-        object.__setattr__(self, "root", Path(root))
+        self.root = Path(root)
+        self.config = self.root / "config.yaml"  # the resolved config of the run
+        self.metrics = self.root / "metrics.jsonl"  # one row per evaluated epoch (MetricMonitor)
+        self.grams = self.root / "grams.json"  # the class-mean Gram matrices at the latest evaluation
+        self.summary = self.root / "summary.json"  # status, final row, seconds, W&B id
+        self.error = self.root / "error.txt"  # the traceback of a failed run
+        self.checkpoint = self.root / "checkpoints" / "last.ckpt"  # the latest end-of-epoch checkpoint
+        self.steps = self.root / "steps.jsonl"  # theory_gd: loss and balancedness error per step
+        self.theory = self.root / "theory.json"  # theory_gd: assumptions, phases, fitted balancing rate
+        self.wandb = self.root / "wandb"  # the offline W&B run
 
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS
-
-    @property
-    def grams(self) -> Path:
-        return self.root / GRAMS
-
-    @property
-    def summary(self) -> Path:
-        return self.root / SUMMARY
-
-    @property
-    def error(self) -> Path:
-        return self.root / ERROR
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / CHECKPOINT
-
-    @property
-    def steps(self) -> Path:
-        return self.root / STEPS
-
-    @property
-    def theory(self) -> Path:
-        return self.root / THEORY
-
-    @property
-    def wandb(self) -> Path:
-        return self.root / WANDB
+    def restarted(self) -> list[Path]:
+        """What a run started over (or refused before training) must not leave for a new run."""
+        return [self.metrics, self.checkpoint, self.summary, self.error, self.grams]
