@@ -1,8 +1,12 @@
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -34,13 +38,84 @@ TINY = [
 ]
 
 
-def run_train(out_dir, *overrides, env=None, check=True, timeout=300):
-    """Run the real entry point in a subprocess; returns the CompletedProcess."""
+def compose_train(*overrides, config_dir=None, return_hydra_config=False):
+    """conf/train.yaml composed with `overrides` as `wdcollapse-train` composes it (the package's
+    resolvers registered; `config_dir`, a user's config folder, on the search path)."""
+    from hydra import compose, initialize_config_dir
+
+    from wdcollapse.config import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    searchpath = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir else []
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[*searchpath, *overrides], return_hydra_config=return_hydra_config)
+
+
+def run_train_process(out_dir, *overrides, env=None, check=True, timeout=300):
+    """`python -m wdcollapse.train` in a subprocess; returns the CompletedProcess. For what needs
+    a process of its own (a kill, a lock held by another process); otherwise `run_train`."""
     full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
     cmd = [sys.executable, "-m", "wdcollapse.train", *overrides, f"hydra.run.dir={out_dir}"]
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_train(out_dir, *overrides, env=None, check=True):
+    """`wdcollapse-train OVERRIDES hydra.run.dir=OUT_DIR` in this process (see `train_command`)."""
+    return train_command([*overrides, f"hydra.run.dir={out_dir}"], env=env, check=check)
+
+
+def train_command(args, cwd=REPO, env=None, check=True):
+    """`wdcollapse-train ARGS` run in this process from `cwd` (see `in_process`)."""
+    from wdcollapse import train
+
+    return in_process(train.main, "wdcollapse-train", args, cwd=cwd, env=env, check=check)
+
+
+def in_process(main, prog, args, cwd=REPO, env=None, check=True):
+    """The console command `prog ARGS` (its `main`, e.g. wdcollapse.train.main, Hydra included)
+    run in this process from `cwd`, without a new interpreter's imports. Returns a
+    subprocess.CompletedProcess with its exit status and what it printed (warnings too, as a
+    terminal shows them); `env` is set for the call only (W&B offline and silent unless it says).
+    The console scripts themselves are tested in a process of their own (test_train.py,
+    test_wheel.py)."""
+    stdout, stderr, code, threads = io.StringIO(), io.StringIO(), 0, torch.get_num_threads()
+    argv = [prog, *map(str, args)]
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    show = warnings.showwarning
+    warnings.showwarning = lambda message, category, *a, **k: print(f"{category.__name__}: {message}", file=stderr)
+    try:
+        with (
+            contextlib.chdir(cwd),
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+            warnings.catch_warnings(),
+            patch.object(sys, "argv", argv),
+        ):
+            warnings.simplefilter("default")
+            try:
+                returned = main()
+                code = returned if isinstance(returned, int) else 0
+            except SystemExit as e:  # as the interpreter ends: a message is printed, exit status 1
+                if e.code is not None and not isinstance(e.code, int):
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        warnings.showwarning = show
+        torch.set_num_threads(threads)  # a run sets its own (threads=...)
+        fresh_wandb()  # the next command starts W&B under its own environment
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    proc = subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{argv} failed ({code}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     return proc
 
 
@@ -53,13 +128,12 @@ def tiny():
     return list(TINY)
 
 
-def reproduce(out):
-    """`wdcollapse-reproduce --preset smoke` into `out` (W&B offline); the CompletedProcess."""
-    cmd = [sys.executable, "-m", "wdcollapse.reproduce", "--preset", "smoke", "--out", str(out)]
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+def reproduce(out, *args):
+    """`wdcollapse-reproduce --preset smoke --out OUT ARGS` in this process (W&B offline); the
+    CompletedProcess. Its figures' multiruns are processes of their own, as always."""
+    from wdcollapse import reproduce as command
+
+    return in_process(command.main, "wdcollapse-reproduce", ["--preset", "smoke", "--out", out, *args])
 
 
 @pytest.fixture(scope="session")
@@ -117,12 +191,19 @@ def sgd(
 
 @pytest.fixture(autouse=True)
 def _no_wandb_service_left_behind():
-    """A W&B run in this process leaves WANDB_SERVICE (its service's socket) in os.environ until
-    wandb.teardown(); a subprocess started later would inherit it and hand its records to a
-    service that is gone. Tear it down after any test that started one."""
+    """W&B keeps process-wide state after a run in this process (see `fresh_wandb`): tear it down
+    after every test."""
     yield
-    if "WANDB_SERVICE" in os.environ and "wandb" in sys.modules:
+    fresh_wandb()
+
+
+def fresh_wandb() -> None:
+    """A W&B run in this process leaves its settings (the WANDB_MODE it was started under: a later
+    run would be `disabled` too) and WANDB_SERVICE (its service's socket) in os.environ until
+    wandb.teardown(); a subprocess started later would inherit the socket and hand its records to
+    a service that is gone."""
+    if "wandb" in sys.modules:
         import wandb
 
         wandb.teardown()
-        os.environ.pop("WANDB_SERVICE", None)
+    os.environ.pop("WANDB_SERVICE", None)

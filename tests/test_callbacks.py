@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import cpu_trainer
+from conftest import compose_train, cpu_trainer
 from pytorch_lightning.loggers import CSVLogger
 
 from wdcollapse.callbacks import AtomicCheckpoint, DivergenceGuard, MetricMonitor, evaluation_epochs
@@ -29,20 +29,15 @@ def synthetic_data(batch_size=16):
 def from_config(name: str, **settings) -> dict:
     """CollapseModule's optimizer and schedule as `wdcollapse-train optim=<name> optim.<k>=<v>`
     builds them: from conf/optim/<name>.yaml and the module node of conf/train.yaml."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from wdcollapse.config import CONF_DIR, register_resolvers
-
-    register_resolvers()
     overrides = [
         "logger=none",
         f"optim={name}",
         "optim.warmup_epochs=0",
         *(f"optim.{k}={v}" for k, v in settings.items()),
     ]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_train(*overrides)
     return {"optimizer": instantiate(cfg.optim.optimizer), "schedule": instantiate(cfg.module.schedule)}
 
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_train
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from wdcollapse.config import CONF_DIR, check_config, register_resolvers
+from wdcollapse.config import CONF_DIR, check_config
 from wdcollapse.errors import ConfigError
 
 CONF = CONF_DIR
@@ -18,9 +18,7 @@ PRESETS = [None] + sorted(p.stem for p in (CONF / "preset").glob("*.yaml"))
 
 
 def compose_cfg(*overrides):
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=["logger=none", *overrides], return_hydra_config=True)
+    return compose_train("logger=none", *overrides, return_hydra_config=True)
 
 
 def job_cfg(*overrides):

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 import torch
-from conftest import TINY, read_metrics, run_train
+from conftest import TINY, read_metrics, run_train, run_train_process
 
 from wdcollapse.data.tensors import PermutationBatches
 from wdcollapse.metric_pass import accuracy, metric_pass
@@ -99,8 +99,8 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_run(tmp_path):
     # eval_chunk=25: 4 chunks of the 100 training samples, 2 per rank (the chunks of the
     # single-process pass, so even the float32 fast path agrees to float64 rounding)
     args = [*TINY, "logger=none", "data.eval_chunk=25", "trainer.max_epochs=2"]
-    run_train(tmp_path / "single", *args, timeout=120)
-    run_train(
+    run_train(tmp_path / "single", *args)
+    run_train_process(  # DDP: Lightning starts rank 1 by re-running the command line
         tmp_path / "ddp",
         *args,
         "trainer.strategy=ddp",
@@ -145,7 +145,7 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_result(tmp_path):
         "trainer.accelerator=cpu",
     ]
     env = lambda: {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}  # noqa: E731
-    run_train(tmp_path / "ref", *args, env=env(), timeout=300)
+    run_train_process(tmp_path / "ref", *args, env=env(), timeout=300)
     out = tmp_path / "killed"
     # Its own session: the kill takes rank 0 and the rank-1 process it started.
     proc = subprocess.Popen(
@@ -166,7 +166,7 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_result(tmp_path):
     proc.wait()
     assert json.loads((out / "summary.json").read_text())["status"] == "running"
     kept = (out / "metrics.jsonl").read_text().splitlines()
-    again = run_train(out, *args, env=env(), timeout=300)
+    again = run_train_process(out, *args, env=env(), timeout=300)
     assert "resuming" in again.stdout + again.stderr  # from the checkpoint, not from scratch
     ref, resumed = read_metrics(tmp_path / "ref"), read_metrics(out)
     assert [r["epoch"] for r in resumed] == list(range(13))
@@ -205,8 +205,8 @@ def test_ddp_step_groups_and_batchnorm_buffers(tmp_path):
         "trainer.accelerator=cpu",
     ]
     env = lambda: {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}  # noqa: E731
-    run_train(tmp_path / "one", *args, "steps_per_call=1", env=env(), timeout=300)
-    run_train(tmp_path / "groups", *args, "steps_per_call=4", env=env(), timeout=300)
+    run_train_process(tmp_path / "one", *args, "steps_per_call=1", env=env(), timeout=300)
+    run_train_process(tmp_path / "groups", *args, "steps_per_call=4", env=env(), timeout=300)
     one, groups = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "groups")
     # each rank: 50 images in batches of 16, i.e. 4 steps per epoch, one call of 4 in "groups"
     assert [r["step"] for r in groups] == [0, 4, 8]

@@ -2,13 +2,11 @@
 of the user's own classes, and they train under wdcollapse-train; a class that lacks the
 per-layer interface is refused with what it lacks."""
 
-import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
-from conftest import REPO, read_metrics
+from conftest import read_metrics, train_command
 
 from wdcollapse.config import check_command_line
 from wdcollapse.errors import ConfigError
@@ -122,8 +120,10 @@ CONFIGS = {
 
 
 @pytest.fixture
-def user_dir(tmp_path):
+def user_dir(tmp_path, monkeypatch):
     (tmp_path / "userlib.py").write_text(USERLIB)
+    monkeypatch.syspath_prepend(str(tmp_path))  # as PYTHONPATH would: the user's module imports
+    monkeypatch.delitem(sys.modules, "userlib", raising=False)
     conf = tmp_path / "user_conf"
     for name, text in CONFIGS.items():
         (conf / name).parent.mkdir(parents=True, exist_ok=True)
@@ -132,9 +132,9 @@ def user_dir(tmp_path):
 
 
 def train(user_dir, *overrides):
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(user_dir)}
-    cmd = [sys.executable, "-m", "wdcollapse.train", "--config-dir", str(user_dir / "user_conf"), "logger=none"]
-    return subprocess.run([*cmd, *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    """wdcollapse-train --config-dir USER_DIR/user_conf ..., in this process (conftest.train_command)."""
+    args = ["--config-dir", str(user_dir / "user_conf"), "logger=none", *overrides]
+    return train_command(args, env={"WANDB_MODE": "disabled"}, check=False)
 
 
 def test_config_dir_options_are_choices_and_only_with_the_config_dir(user_dir):

@@ -414,19 +414,17 @@ def test_bad_extra_arguments_are_refused():
 
 
 def test_the_schema_and_the_config_hold_the_switches():
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_train
     from hydra.utils import instantiate
 
-    from wdcollapse.config import CONF_DIR, check_config, register_resolvers
+    from wdcollapse.config import check_config
     from wdcollapse.errors import ConfigError
 
     assert schema.Metrics().extra.model_dump() == {f: False for f in (*FAMILIES, "test_set")}
     with pytest.raises(ValidationError):
         schema.ExtraMetrics(nc5=True)
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["logger=none", "callbacks.metrics.extra.etf=true"])
-        bad = compose("train", overrides=["logger=none", "+callbacks.metrics.extra.nc5=true"])
+    cfg = compose_train("logger=none", "callbacks.metrics.extra.etf=true")
+    bad = compose_train("logger=none", "+callbacks.metrics.extra.nc5=true")
     check_config(cfg)
     with pytest.raises(ConfigError, match=r"^callbacks.metrics.extra.nc5=True is not allowed: no such setting"):
         check_config(bad)

@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_train
 from hydra.utils import instantiate
 
 from wdcollapse.callbacks import AtomicCheckpoint, DivergenceGuard, MetricMonitor
-from wdcollapse.config import CONF_DIR, check_config, register_resolvers
+from wdcollapse.config import check_config
 from wdcollapse.errors import ConfigError
 from wdcollapse.module import CollapseModule
 from wdcollapse.train import build_callbacks, run
@@ -46,10 +46,7 @@ optimizer:
 
 
 def composed(*overrides, config_dir=None):
-    register_resolvers()
-    searchpath = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir else []
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[*TINY, *searchpath, *overrides])
+    return compose_train(*TINY, *overrides, config_dir=config_dir)
 
 
 def test_adding_an_optimizer_is_one_yaml_file(tmp_path):

@@ -5,12 +5,10 @@ optimizer step on a tiny subset, so that the path a GPU user takes is known to r
 figures read a tiny JPEG class folder written here, so nothing is skipped."""
 
 import json
-import os
-import subprocess
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import train_command
 
 from wdcollapse.data.sources import CIFAR10_CLASSES
 from wdcollapse.figures import FIGURES, FigureSweep, preset_sweeps
@@ -40,7 +38,6 @@ def test_every_figure_of_the_paper_preset_trains_one_step(tmp_path):
     # every figure that is judged by a claim (tests/test_claims.py names them)
     assert {f.name for f in figures} >= {spec.name for spec in FIGURES.values() if spec.claims}
     cifar = tiny_cifar(tmp_path / "cifar")
-    env = {**os.environ, "WANDB_MODE": "disabled"}
     for figure in figures:
         # the first point of each sweep, with the preset's own settings otherwise
         first = FigureSweep(
@@ -54,7 +51,8 @@ def test_every_figure_of_the_paper_preset_trains_one_step(tmp_path):
         extra = TINY + ([f"data.image_folder={cifar}"] if figure.needs == "cifar10" else [])
         sweep_dir = tmp_path / "runs" / figure.name
         cmd = multirun_command(first, "paper", sweep_dir, 1, extra)
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert cmd[1:3] == ["-m", "wdcollapse.train"]  # the command's arguments, run in this process
+        proc = train_command(cmd[3:], env={"WANDB_MODE": "disabled"}, check=False)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         (run,) = [p for p in sweep_dir.iterdir() if p.is_dir()]
         summary = json.loads((run / "summary.json").read_text())

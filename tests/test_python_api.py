@@ -392,9 +392,9 @@ def test_test_nc4_classifies_by_the_training_class_means(tmp_path):
 
 
 def test_the_default_warm_up_is_a_tenth_of_a_short_run_and_a_long_explicit_one_is_refused():
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_train
 
-    from wdcollapse.config import CONF_DIR, check_config, register_resolvers
+    from wdcollapse.config import check_config
     from wdcollapse.errors import ConfigError
     from wdcollapse.module import lr_factor
     from wdcollapse.module import warmup_epochs_of as warmup_epochs
@@ -406,15 +406,13 @@ def test_the_default_warm_up_is_a_tenth_of_a_short_run_and_a_long_explicit_one_i
     assert warmup_epochs(2, 3, 469) == 2.0
     # a warm-up shorter than one step is one step: the factor never exceeds 1
     assert [lr_factor(s, 1, 3, 0.3, None, 0.1) for s in range(3)] == [1.0, 1.0, 1.0]
-    register_resolvers()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        assert compose("train").optim.warmup_epochs == "auto"
-        check_config(compose("train", overrides=["logger=none", "trainer.max_epochs=3"]))
-        check_config(compose("train", overrides=["logger=none", "trainer.max_epochs=4", "optim.warmup_epochs=2"]))
-        with pytest.raises(
-            ConfigError, match=r"optim.warmup_epochs=10 is not allowed: at most half of trainer.max_epochs=3"
-        ):
-            check_config(compose("train", overrides=["logger=none", "trainer.max_epochs=3", "optim.warmup_epochs=10"]))
+    assert compose_train().optim.warmup_epochs == "auto"
+    check_config(compose_train("logger=none", "trainer.max_epochs=3"))
+    check_config(compose_train("logger=none", "trainer.max_epochs=4", "optim.warmup_epochs=2"))
+    with pytest.raises(
+        ConfigError, match=r"optim.warmup_epochs=10 is not allowed: at most half of trainer.max_epochs=3"
+    ):
+        check_config(compose_train("logger=none", "trainer.max_epochs=3", "optim.warmup_epochs=10"))
 
 
 @pytest.mark.slow

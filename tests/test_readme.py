@@ -4,17 +4,18 @@ a bash block runs (training commands at a tiny scale: the same command with a fe
 appended, which Hydra applies last), unless another test runs it: COVERED names that test, and a
 command that is neither run nor covered fails this test. YAML blocks must parse."""
 
+import functools
 import json
 import os
 import re
+import runpy
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, in_process, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +78,7 @@ def test_every_readme_code_block_runs_in_an_empty_folder(tmp_path):
         "WDCOLLAPSE_DATA_DIR": str(data),
     }
     env.pop("PYTHONPATH", None)
+    train_env = {k: env[k] for k in ("WANDB_MODE", "WANDB_SILENT", "WDCOLLAPSE_DATA_DIR")}
     ran = {"python": 0, "bash": 0, "yaml": 0}
     outputs = []
     for i, (lang, text, line) in enumerate(blocks()):
@@ -84,7 +86,9 @@ def test_every_readme_code_block_runs_in_an_empty_folder(tmp_path):
         if lang == "python":
             script = work / f"block_{i}.py"
             script.write_text(text)
-            proc = subprocess.run([sys.executable, script.name], cwd=work, env=env, capture_output=True, text=True)
+            # `python block_N.py`, run in this process as __main__ (runpy), from the folder
+            run = functools.partial(runpy.run_path, script.name, run_name="__main__")
+            proc = in_process(run, script.name, [], cwd=work, env=train_env, check=False)
             assert proc.returncode == 0, f"{where}:\n{proc.stderr[-3000:]}"
             outputs.append(proc.stdout)
             ran["python"] += 1
@@ -96,8 +100,8 @@ def test_every_readme_code_block_runs_in_an_empty_folder(tmp_path):
                 argv[0] = argv[0].removeprefix(".venv/bin/")
                 assert argv[0] == "wdcollapse-train", f"{where}: `{command}` is neither run here nor in COVERED"
                 scaled = "data.num_per_class=" in command and "trainer.max_epochs=" in command
-                argv = [str(BIN / argv[0]), *argv[1:], *([] if scaled else TINY)]
-                proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+                # the console script's main() in this process (the script itself: test_train.py)
+                proc = train_command([*argv[1:], *([] if scaled else TINY)], cwd=work, env=train_env, check=False)
                 assert proc.returncode == 0, f"{where}: {command}\n{proc.stderr[-3000:]}"
                 ran["bash"] += 1
         elif lang == "yaml":

@@ -11,10 +11,11 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, TINY, read_metrics, run_train
+from conftest import REPO, TINY, in_process, read_metrics, run_train, train_command
 
 from wdcollapse.errors import ConfigError
 from wdcollapse.io import LOCK_FILE, hold_directory
+from wdcollapse.reproduce import main as reproduce_main
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
@@ -22,8 +23,7 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 @pytest.mark.slow
 def test_a_refused_setting_leaves_no_run_directory(tmp_path):
     out = tmp_path / "outputs" / "runs" / "x"
-    cmd = [sys.executable, "-m", "wdcollapse.train", "model.width=abc", "hydra.run.dir=outputs/runs/x"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    proc = train_command(["model.width=abc", "hydra.run.dir=outputs/runs/x"], cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "model.width='abc' is not allowed" in proc.stderr
     assert not out.exists() and not (tmp_path / "outputs").exists()  # nor the parents it made
@@ -111,7 +111,7 @@ def test_a_second_reproduction_into_a_live_folder_is_refused_and_the_first_one_f
     deadline = time.time() + 120
     while not (tmp_path / "runs").exists() and time.time() < deadline:  # the first one is training
         time.sleep(0.1)
-    second = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    second = in_process(reproduce_main, "wdcollapse-reproduce", cmd[3:], env={"WANDB_MODE": "offline"}, check=False)
     assert first.poll() is None, "the first reproduction ended before the second started"
     assert second.returncode != 0
     assert second.stderr.strip().splitlines() == [
@@ -137,23 +137,18 @@ class BuggyNet(LayerwiseNet):
 
 
 @pytest.mark.slow
-def test_an_error_in_a_users_own_model_keeps_its_traceback(tmp_path):
+def test_an_error_in_a_users_own_model_keeps_its_traceback(tmp_path, monkeypatch):
     (tmp_path / "mymodels.py").write_text(USER_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))  # as PYTHONPATH would
+    monkeypatch.delitem(sys.modules, "mymodels", raising=False)
     conf = tmp_path / "conf" / "model"
     conf.mkdir(parents=True)
     (conf / "buggy.yaml").write_text("_target_: mymodels.BuggyNet\nnum_classes: ${data.num_classes}\n")
-    env = {**ENV, "PYTHONPATH": str(tmp_path)}
-    cmd = [sys.executable, "-m", "wdcollapse.train", "--config-dir", str(tmp_path / "conf"), "model=buggy"]
-    proc = subprocess.run(
-        [*cmd, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    args = ["--config-dir", str(tmp_path / "conf"), "model=buggy"]
+    proc = train_command([*args, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, check=False)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and 'mymodels.py", line' in proc.stderr and "a bug in my own model" in proc.stderr
     assert "raised by your own model._target_=mymodels.BuggyNet" in proc.stderr
     # a bad setting of this package's own model stays one line
-    proc = subprocess.run([*cmd[:3], "model.init=orthogonal"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    proc = train_command(["model.init=orthogonal"], cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

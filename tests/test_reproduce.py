@@ -1,8 +1,6 @@
 """`make reproduce PRESET=smoke` end to end, and re-running it."""
 
 import json
-import subprocess
-import sys
 
 import matplotlib.image as mpimg
 import pytest
@@ -124,29 +122,7 @@ CIFAR_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 @pytest.mark.skipif(not CIFAR_TARBALL.is_file(), reason=f"CIFAR-10 JPEG tarball not present at {CIFAR_TARBALL}")
 def test_cifar10_figures_run_from_the_jpeg_tarball(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "wdcollapse.reproduce",
-        "--preset",
-        "smoke",
-        "--out",
-        str(tmp_path),
-        "--only",
-        "resnet20_cifar10",
-        "linear_depth_cifar10",
-        "--cifar",
-        str(CIFAR_TARBALL),
-    ]
-    proc = subprocess.run(
-        cmd,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**__import__("os").environ, "WANDB_MODE": "offline"},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reproduce(tmp_path, "--only", "resnet20_cifar10", "linear_depth_cifar10", "--cifar", CIFAR_TARBALL)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["skipped_figures"] == {}
     assert (

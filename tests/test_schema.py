@@ -2,20 +2,18 @@
 setting (exit code 2, no traceback); the YAML defaults are the schema's; the names the schema
 allows are the ones the implementations know."""
 
-import subprocess
-import sys
 import typing
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
+from conftest import compose_train, train_command
 from omegaconf import open_dict
 from pydantic import BaseModel
 
 from wdcollapse import schema
-from wdcollapse.config import CONF_DIR, check_config, register_resolvers
+from wdcollapse.config import CONF_DIR, check_config
 from wdcollapse.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,10 +21,7 @@ CONF = CONF_DIR
 
 
 def job_cfg(*overrides):
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["logger=none", *overrides])
-    return cfg
+    return compose_train("logger=none", *overrides)
 
 
 def _constraints(info) -> dict:
@@ -174,13 +169,7 @@ def test_legal_values_pass():
     "override", ["seed=abc", "data.eval_chunk=0", "threads=0", "trainer.precision=fp7", "optim.momentum=1.5"]
 )
 def test_the_entry_point_exits_2_with_one_line(tmp_path, override):
-    proc = subprocess.run(
-        [sys.executable, "-m", "wdcollapse.train", override, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = train_command([override, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {override.split('=')[0]}="), proc.stderr

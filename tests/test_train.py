@@ -1,4 +1,5 @@
-"""End-to-end tests of `python -m wdcollapse.train` (the real Hydra entry point)."""
+"""End-to-end tests of `wdcollapse-train` (the real Hydra entry point, `wdcollapse.train.main`): in
+this process through conftest.run_train, and in a process of its own where the test needs one."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, read_metrics, run_train
+from conftest import REPO, TINY, read_metrics, run_train, run_train_process
 
 from wdcollapse.config import CONF_DIR
 from wdcollapse.theorems import THEOREM31_KEYS
@@ -29,7 +30,7 @@ def expected_keys(nonlinear, linear):
 @pytest.mark.slow
 def test_entry_point_writes_every_metric_for_every_layer_and_an_offline_wandb_run(tmp_path):
     out = tmp_path / "run"
-    run_train(out, *TINY, "model.nonlinear_depth=3", "logger=wandb")
+    run_train_process(out, *TINY, "model.nonlinear_depth=3", "logger=wandb")  # python -m, a process of its own
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     for row in rows:
