@@ -207,6 +207,29 @@ def test_claim3_and_claim4_follow_the_direction_of_the_trend():
     assert result["passed"] is True and result["evidence"]["minima_fall"] is False
     assert "discrepancy" in result["evidence"] and "minima" in result["deciding"]
 
+    # two seeds: the verdict is on the seed means; the report says whether each seed alone shows it
+    def seeded(run, seed):
+        run.config["seed"] = seed
+        return run
+
+    both = [seeded(depth_run(d, v / d), s) for s, v in ((0, 1.0), (1, 1.2)) for d in (4, 8, 12)]
+    result = claims.claim4_deeper_is_more_linear(both)
+    assert result["passed"] is True and result["evidence"]["every_seed_alone_shows_the_trend"] is True
+    assert result["evidence"]["by_seed"][1]["spearman"]["0.01"] == (-1.0, -1.0)
+    assert "seed 0 shows it, seed 1 shows it" in result["deciding"]
+    # seed 1 rises a little with depth, seed 0 falls steeply: the means fall, seed 1 alone does not
+    mixed = [seeded(depth_run(d, 1.0 / d), 0) for d in (4, 8, 12)]
+    mixed += [seeded(depth_run(d, 0.1 + 0.001 * d), 1) for d in (4, 8, 12)]
+    result = claims.claim4_deeper_is_more_linear(mixed)
+    assert result["passed"] is True and result["evidence"]["every_seed_alone_shows_the_trend"] is False
+    assert result["evidence"]["by_seed"][1]["holds"] is False and result["evidence"]["by_seed"][0]["holds"] is True
+    assert "seed 1 does NOT show it" in result["deciding"]
+    # one seed: nothing more to say
+    assert (
+        "each seed alone"
+        not in claims.claim4_deeper_is_more_linear([depth_run(d, 1.0 / d) for d in (4, 8)])["deciding"]
+    )
+
 
 def test_judge_gives_one_entry_per_figure_and_claim():
     from wdcollapse.figures import FIGURES

@@ -305,6 +305,42 @@ def settled_change(run: Run) -> float:
     return float(np.max(changes))  # a NaN (no such layer value) propagates and fails the rule
 
 
+def falls_with_nonlinear_depth(runs: list[Run]) -> dict:
+    """For each learning rate, on the mean over `runs` at each depth: Spearman < 0 with depth and
+    the deepest below the shallowest, for the mean and the minimum balancedness and negativity of
+    the non-linear layers. {lr: entry}, entry["holds"] for the means, entry["minima_fall"]."""
+    by_lr = {}
+    for lr, by_depth in sorted(by_lr_and_nonlinear_depth(runs).items()):
+        depths = sorted(by_depth)
+        points = {d: [nonlinear_depth_point(r) for r in by_depth[d]] for d in depths}
+        entry, falls = {"nonlinear_depths": depths}, {}
+        for key in ("balancedness_mean", "negativity_mean", "balancedness_min", "negativity_min"):
+            means = [float(np.nanmean([p[key] for p in points[d]])) for d in depths]
+            entry[key] = means
+            entry[f"{key}_spearman"] = spearman(depths, means)
+            falls[key] = entry[f"{key}_spearman"] < 0 and means[-1] < means[0]
+        entry["holds"] = falls["balancedness_mean"] and falls["negativity_mean"]
+        entry["minima_fall"] = falls["balancedness_min"] and falls["negativity_min"]
+        by_lr[lr] = entry
+    return by_lr
+
+
+def each_seed_alone(runs: list[Run]) -> dict:
+    """Claim 4's trend rule on each seed's runs alone: {seed: {"holds": bool, "spearman": {lr:
+    (mean balancedness, mean negativity)}}}; holds when the means fall at every learning rate."""
+    seeds = sorted({int(r.get("seed")) for r in runs})
+    result = {}
+    for seed in seeds:
+        by_lr = falls_with_nonlinear_depth([r for r in runs if int(r.get("seed")) == seed])
+        result[seed] = {
+            "holds": bool(by_lr) and all(e["holds"] for e in by_lr.values()),
+            "spearman": {
+                f"{lr:g}": (e["balancedness_mean_spearman"], e["negativity_mean_spearman"]) for lr, e in by_lr.items()
+            },
+        }
+    return result
+
+
 def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
     statement = (
         "As the non-linear part gets deeper, its layers become more balanced and less non-linear "
@@ -316,7 +352,9 @@ def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
         "Spearman correlation with non-linear depth < 0 for both the mean balancedness and the mean "
         "negativity of the non-linear layers, and both lower at the deepest network than at the shallowest. "
         "The minima over the layers (the figure's other lines) are judged the same way and reported; "
-        "where they do not fall, the report names the discrepancy with the paper's figure"
+        "where they do not fall, the report names the discrepancy with the paper's figure. With several seeds, "
+        "the report also says whether each seed alone shows the trend (the same rule on its runs; it does not "
+        "decide the verdict)"
     )
     runs = _ok(runs)
     if not runs:
@@ -335,18 +373,8 @@ def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
         "by_lr": {},
     }
     verdicts, deciding, minima_fall = [settled], [], []
-    for lr, by_depth in sorted(by_lr_and_nonlinear_depth(runs).items()):
-        depths = sorted(by_depth)
-        by_depth = {d: [nonlinear_depth_point(r) for r in by_depth[d]] for d in depths}
-        entry = {"nonlinear_depths": depths}
-        falls = {}
-        for key in ("balancedness_mean", "negativity_mean", "balancedness_min", "negativity_min"):
-            means = [float(np.nanmean([p[key] for p in by_depth[d]])) for d in depths]
-            entry[key] = means
-            entry[f"{key}_spearman"] = spearman(depths, means)
-            falls[key] = entry[f"{key}_spearman"] < 0 and means[-1] < means[0]
-        entry["holds"] = falls["balancedness_mean"] and falls["negativity_mean"]
-        entry["minima_fall"] = falls["balancedness_min"] and falls["negativity_min"]
+    for lr, entry in falls_with_nonlinear_depth(runs).items():
+        depths = entry["nonlinear_depths"]
         verdicts.append(entry["holds"])
         minima_fall.append(entry["minima_fall"])
         evidence["by_lr"][f"{lr:g}"] = entry
@@ -358,11 +386,16 @@ def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
             f"{entry['negativity_min'][0]:.3g} -> {entry['negativity_min'][-1]:.3g})"
         )
     evidence["minima_fall"] = all(minima_fall)
+    evidence["by_seed"] = each_seed_alone(runs)
+    evidence["every_seed_alone_shows_the_trend"] = all(e["holds"] for e in evidence["by_seed"].values())
     if not all(minima_fall):
         evidence["discrepancy"] = (
             "the minima over the non-linear layers do not fall with depth at every learning "
             "rate, while the paper's figure shows them falling; the means decide the claim"
         )
+    alone = [f"seed {seed} {'shows' if e['holds'] else 'does NOT show'} it" for seed, e in evidence["by_seed"].items()]
+    if len(alone) > 1:
+        deciding.append("each seed alone: " + ", ".join(alone))
     deciding.append(
         f"every run settled (largest change over the last quarter {evidence['largest_change_over_last_quarter']:.1%})"
         if settled

@@ -58,15 +58,28 @@ def plot_linear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str =
     return _finish_figure(fig, title, path_stem)
 
 
+def _band(ax, xs, per_x_values, label, fmt, color):
+    """The mean over seeds at each x as a line, with a band of one standard deviation."""
+    means = np.array([np.nanmean(v) for v in per_x_values])
+    stds = np.array([np.nanstd(v) for v in per_x_values])
+    ax.plot(xs, means, fmt, color=color, label=label, markersize=4)
+    ax.fill_between(xs, means - stds, means + stds, color=color, alpha=0.2, lw=0)
+    return list(means)
+
+
 def plot_nonlinear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str = "") -> list[Path]:
     grouped = by_lr_and_nonlinear_depth(runs)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes, ("balancedness", "negativity")):
-        for lr, by_depth in sorted(grouped.items()):
+        for i, (lr, by_depth) in enumerate(sorted(grouped.items())):
             xs = sorted(by_depth)
             for stat, fmt in (("mean", "o-"), ("min", "s--")):
                 values = [[nonlinear_depth_point(r)[f"{metric}_{stat}"] for r in by_depth[x]] for x in xs]
-                _errorbar(ax, xs, values, f"{stat}, lr {lr:g}", fmt)
+                _band(ax, xs, values, f"{stat}, lr {lr:g}", fmt, colors[i % len(colors)])
         ax.set_ylabel(axis_label(metric), fontsize=8)
         _finish_axis(ax, "number of non-linear layers L1", f"{metric} of the non-linear layers (end of training)")
-    return _finish_figure(fig, title, path_stem)
+    seeds = sorted({len(v) for by_depth in grouped.values() for v in by_depth.values()}) or [0]
+    per_point = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    note = f"{per_point} seed{'' if seeds == [1] else 's'} per point, band = 1 std over seeds"
+    return _finish_figure(fig, f"{title}  ({note})", path_stem)
