@@ -125,6 +125,29 @@ def test_a_second_reproduction_into_a_live_folder_is_refused_and_the_first_one_f
     assert "theory_gd" in (tmp_path / "REPORT.md").read_text()
 
 
+@pytest.mark.slow
+def test_a_terminated_reproduction_leaves_no_worker_training_on(tmp_path):
+    """SIGTERM to wdcollapse-reproduce mid-run ends its multirun's joblib workers too: the run they
+    trained is left killed (it resumes), its directory free, nothing writing to it."""
+    cmd = [sys.executable, "-m", "wdcollapse.reproduce", "--preset", "smoke", "--only", "mlp_mnist"]
+    cmd += ["--out", str(tmp_path), "--wandb", "disabled"]
+    first = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, running = time.time() + 180, []
+    while not running and time.time() < deadline and first.poll() is None:
+        summaries = (tmp_path / "runs" / "mlp_mnist").glob("*/summary.json")
+        running = [p.parent for p in summaries if json.loads(p.read_text() or "{}").get("status") == "running"]
+        time.sleep(0.02)
+    assert running, "no run was seen training"
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 128 + signal.SIGTERM
+    for run in running:
+        hold_directory(run, "run directory", "wait").release()  # its worker is gone with the lock it held
+        before = (run / "metrics.jsonl").read_bytes() if (run / "metrics.jsonl").exists() else b""
+        time.sleep(2)
+        assert ((run / "metrics.jsonl").read_bytes() if (run / "metrics.jsonl").exists() else b"") == before
+        assert json.loads((run / "summary.json").read_text())["status"] == "running"  # killed: it resumes
+
+
 USER_MODEL = '''
 import torch
 from wdcollapse.models import LayerwiseNet

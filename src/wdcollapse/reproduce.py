@@ -15,7 +15,9 @@ Re-running skips finished runs, resumes killed ones, and re-plots.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -137,12 +139,44 @@ def run_figure(figure: FigureSweep, preset: str, out: Path, jobs: int, extra: li
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        # The multirun and its joblib workers in a process group of their own, ended with this
+        # process: a killed reproduction leaves no orphaned worker training on in a run directory.
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait()
+        finally:
+            stop_group(proc)
     progress.stop.set()
     print(progress.report(), flush=True)
     if code != 0:
         print(f"[{figure.name}] the multirun exited with {code}; see {log_path}", file=sys.stderr, flush=True)
     return code == 0
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """End `proc`'s process group (the multirun and the workers it started): SIGTERM, then
+    SIGKILL after `grace` seconds (a joblib worker outlives SIGTERM: Lightning turns it into an
+    exception of the run, and the worker takes the next job). Runs are safe to kill (atomic
+    checkpoints and summaries) and resume when the reproduction runs again."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return  # the group is gone: every process of it has ended
+    deadline = time.time() + grace
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        proc.poll()  # reap the multirun itself, so that only live processes keep the group
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def terminated(signum, frame):
+    """SIGTERM ends a reproduction as Ctrl-C does: through its clean-up (stop_group, the lock)."""
+    raise SystemExit(128 + signum)
 
 
 def cifar_overrides(cifar: str | None, data_dir: Path) -> list[str] | None:
@@ -193,6 +227,16 @@ def main(argv: list[str] | None = None) -> int:
         help="one W&B run per figure with its images, claims table and REPORT.md (default offline: `wandb sync` later)",
     )
     args = parser.parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return reproduce(args)
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        return reproduce(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def reproduce(args: argparse.Namespace) -> int:
 
     jobs, figures = preset_sweeps(args.preset)
     notice = preset_notice(args.preset)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from .errors import ConfigError
@@ -40,6 +41,9 @@ from .runfiles import RunFiles
 
 log = logging.getLogger("wdcollapse")
 TERMINAL = ("finished", "diverged")
+# A run stopped from outside (Ctrl-C; SIGTERM, which Lightning raises at the next step): left as a
+# killed run is, status `running`, to resume from its checkpoint; not a failure of the run.
+STOPPED = (KeyboardInterrupt, SIGTERMException)
 
 
 def completed_epochs(ckpt: Path) -> int:
@@ -163,6 +167,7 @@ def execute(cfg: DictConfig, out_dir: str | Path, build: Callable, refusals: tup
     Returns the run's summary; a run finished already is skipped (resume=auto).
     - an error of `refusals` while building (a setting, the data) leaves a fresh directory as it
       found it and a resumed one as it was: nothing was trained;
+    - a stop from outside (STOPPED) leaves it as a killed run is: `running`, resumable;
     - any other error, in building or fitting, marks the run `failed` with error.txt, keeping what
       it computed (its rows and checkpoint);
     - the directory's lock is released whatever happens."""
@@ -175,12 +180,16 @@ def execute(cfg: DictConfig, out_dir: str | Path, build: Callable, refusals: tup
         except refusals:
             segment.refused()
             raise
+        except STOPPED:
+            raise
         except BaseException as e:
             record_failure(segment.out_dir, e)
             raise
         segment.running(**job.identity)
         try:
             status, extra, metric_seconds = job.fit()
+        except STOPPED:
+            raise
         except BaseException as e:
             record_failure(segment.out_dir, e)
             raise
