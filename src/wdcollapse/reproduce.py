@@ -144,8 +144,10 @@ def run_figure(figure: FigureSweep, preset: str, out: Path, jobs: int, extra: li
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code = proc.wait()
-        finally:
+        except BaseException:  # stopped (Ctrl-C, SIGTERM): its workers may be training
             stop_group(proc)
+            raise
+        stop_group(proc, grace=0)  # finished: what is left of the group is idle workers
     progress.stop.set()
     print(progress.report(), flush=True)
     if code != 0:
