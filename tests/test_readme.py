@@ -1,6 +1,7 @@
 """Every code block of README.md, run as a user would copy it: in document order, in one empty
-folder, with the package's console commands on PATH. Python blocks run as scripts; each command of
-a bash block runs (training commands at a tiny scale: the same command with a few overrides
+folder. Python blocks run as scripts (as __main__, in this process); each command of a bash block
+runs (`wdcollapse-train`'s main() in this process; the console scripts themselves: test_train.py
+and test_wheel.py) (training commands at a tiny scale: the same command with a few overrides
 appended, which Hydra applies last), unless another test runs it: COVERED names that test, and a
 command that is neither run nor covered fails this test. YAML blocks must parse."""
 
@@ -10,7 +11,6 @@ import os
 import re
 import runpy
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,6 @@ from conftest import REPO, in_process, train_command
 pytestmark = pytest.mark.slow
 
 README = REPO / "README.md"
-BIN = Path(sys.executable).parent
 # Appended to a training command that does not set its own scale: a two-epoch run on 50 images.
 TINY = ["data.num_per_class=5", "data.test_num_per_class=5", "trainer.max_epochs=2", "model.width=16", "logger=none"]
 
@@ -70,15 +69,7 @@ def test_every_readme_code_block_runs_in_an_empty_folder(tmp_path):
     work.mkdir()
     data = Path(os.environ.get("WDCOLLAPSE_DATA_DIR") or REPO / "data")
     (work / "data").symlink_to(data)  # torchvision's MNIST("data") and the package read the prepared files
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "WDCOLLAPSE_DATA_DIR": str(data),
-    }
-    env.pop("PYTHONPATH", None)
-    train_env = {k: env[k] for k in ("WANDB_MODE", "WANDB_SILENT", "WDCOLLAPSE_DATA_DIR")}
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WDCOLLAPSE_DATA_DIR": str(data)}
     ran = {"python": 0, "bash": 0, "yaml": 0}
     outputs = []
     for i, (lang, text, line) in enumerate(blocks()):
@@ -86,9 +77,9 @@ def test_every_readme_code_block_runs_in_an_empty_folder(tmp_path):
         if lang == "python":
             script = work / f"block_{i}.py"
             script.write_text(text)
-            # `python block_N.py`, run in this process as __main__ (runpy), from the folder
+            # `python block_N.py`: the script as __main__ (runpy), from the folder
             run = functools.partial(runpy.run_path, script.name, run_name="__main__")
-            proc = in_process(run, script.name, [], cwd=work, env=train_env, check=False)
+            proc = in_process(run, script.name, [], cwd=work, env=env, check=False)
             assert proc.returncode == 0, f"{where}:\n{proc.stderr[-3000:]}"
             outputs.append(proc.stdout)
             ran["python"] += 1
@@ -100,8 +91,7 @@ def test_every_readme_code_block_runs_in_an_empty_folder(tmp_path):
                 argv[0] = argv[0].removeprefix(".venv/bin/")
                 assert argv[0] == "wdcollapse-train", f"{where}: `{command}` is neither run here nor in COVERED"
                 scaled = "data.num_per_class=" in command and "trainer.max_epochs=" in command
-                # the console script's main() in this process (the script itself: test_train.py)
-                proc = train_command([*argv[1:], *([] if scaled else TINY)], cwd=work, env=train_env, check=False)
+                proc = train_command([*argv[1:], *([] if scaled else TINY)], cwd=work, env=env, check=False)
                 assert proc.returncode == 0, f"{where}: {command}\n{proc.stderr[-3000:]}"
                 ran["bash"] += 1
         elif lang == "yaml":

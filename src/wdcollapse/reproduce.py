@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def reproduce(args: argparse.Namespace) -> int:
-
+    """Train what the preset's figures still need, then draw, report and log them (main's work)."""
     jobs, figures = preset_sweeps(args.preset)
     notice = preset_notice(args.preset)
     jobs = args.jobs or jobs

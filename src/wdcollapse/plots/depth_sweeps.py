@@ -58,13 +58,12 @@ def plot_linear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str =
     return _finish_figure(fig, title, path_stem)
 
 
-def _band(ax, xs, per_x_values, label, fmt, color):
+def _band(ax, xs, per_x_values, label, fmt, color) -> None:
     """The mean over seeds at each x as a line, with a band of one standard deviation."""
     means = np.array([np.nanmean(v) for v in per_x_values])
     stds = np.array([np.nanstd(v) for v in per_x_values])
     ax.plot(xs, means, fmt, color=color, label=label, markersize=4)
     ax.fill_between(xs, means - stds, means + stds, color=color, alpha=0.2, lw=0)
-    return list(means)
 
 
 def plot_nonlinear_depth_sweep(runs: list[Run], path_stem: str | Path, title: str = "") -> list[Path]:
