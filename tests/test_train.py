@@ -241,7 +241,7 @@ def test_an_online_wandb_logger_gets_the_run_directorys_id(
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from wdcollapse.rundir import logger_kwargs
+    from wdcollapse.train import logger_kwargs
 
     monkeypatch.setenv("WANDB_MODE", env_mode)
     cfg = OmegaConf.load(CONF_DIR / "logger" / "wandb.yaml").wandb

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import math
 import os
@@ -65,31 +64,6 @@ def _require(ok: bool, setting: str, value, allowed: str) -> None:
         raise ConfigError(f"{setting}={value!r} is not allowed: {allowed}")
 
 
-def check_arguments(where: str, node: DictConfig, given: tuple = ()) -> None:
-    """A `_target_` node's keys against its class's (or function's) signature: a ConfigError naming
-    a key it does not take, or a `_target_` that cannot be imported. `given` are the arguments the
-    code passes itself (a callback's out_dir)."""
-    from hydra.utils import get_object
-
-    target = node.get("_target_")
-    try:
-        obj = get_object(target)
-    except Exception as e:
-        raise ConfigError(f"{where}._target_={target!r} cannot be imported ({str(e).splitlines()[0]})") from None
-    try:
-        parameters = inspect.signature(obj).parameters
-    except (TypeError, ValueError):
-        return  # no signature to check against (a builtin)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    unknown = sorted(k for k in node if not str(k).startswith("_") and k not in parameters)
-    if unknown:
-        raise ConfigError(
-            f"{where}.{unknown[0]} is not allowed: not an argument of {target} (its arguments: "
-            f"{[p for p in parameters if p not in ('self', 'params', *given)]})"
-        )
-
-
 def check_config(cfg: DictConfig) -> Settings:
     """Every setting against the schema (wdcollapse.schema), then the rules that tie settings
     together; a ConfigError for the first bad one, warnings for legal but unusual ones."""
@@ -142,10 +116,6 @@ def check_config(cfg: DictConfig) -> Settings:
         cfg.steps_per_call,
         counts_calls.format("limit_train_batches"),
     )
-    check_arguments("optim.optimizer", optim.optimizer)
-    for name, node in (cfg.callbacks or {}).items():
-        if node is not None:
-            check_arguments(f"callbacks.{name}", node, given=("out_dir",))
     _require(
         not optim.get("nesterov") or optim.get("momentum", 0) > 0,
         "optim.nesterov",

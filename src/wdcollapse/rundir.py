@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,67 +88,91 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
     return ckpt if cfg.resume != "never" and ckpt.exists() else None
 
 
-def prepare_run_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
-    """Make `out_dir` ready for this run; returns the checkpoint to resume from, if any."""
-    ckpt = resume_checkpoint(cfg, out_dir)
-    metrics_path = RunFiles(out_dir).metrics
-    if ckpt is None:
-        # What a run killed before its first checkpoint (or an older run) left cannot be continued.
-        for stale in RunFiles(out_dir).restarted():
-            stale.unlink(missing_ok=True)
+def prepare(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """Make `out_dir` ready for `cfg`'s run (rank 0; other DDP ranks find it ready): refuse a
+    directory that holds a run with other settings, continue a killed run from its checkpoint or
+    start it over, and save the config. Returns the summary of a run finished already (resume=auto:
+    nothing to do), else None."""
+    if launched_rank() != 0:
         return None
-    done = completed_epochs(ckpt)
-    # A kill between a metrics line and the checkpoint leaves rows the resumed run redoes.
-    keep_jsonl_rows(metrics_path, lambda row: row["epoch"] <= done)
-    log.info("resuming %s from epoch %d", out_dir, done)
-    return ckpt
+    files = RunFiles(out_dir)
+    previous = read_json(files.summary) or {}
+    finished = previous.get("status") in TERMINAL
+    if cfg.resume == "auto" and (finished or resume_checkpoint(cfg, out_dir)):
+        check_same_run(cfg, files.config)
+    if finished and cfg.resume == "auto":
+        log.info("%s already %s; skipping", out_dir, previous["status"])
+        return previous
+    ckpt = resume_checkpoint(cfg, out_dir)
+    if ckpt is None:
+        # What a run killed before its first checkpoint (or an older run) left cannot be continued:
+        # its summary goes too, so the new run neither keeps its start time nor adds to its seconds.
+        for stale in files.restarted():
+            stale.unlink(missing_ok=True)
+    else:
+        try:
+            done = completed_epochs(ckpt)
+        except ConfigError as e:  # an unreadable checkpoint: the run is stuck until someone acts
+            record_failure(out_dir, e)
+            raise
+        # A kill between a metrics line and the checkpoint leaves rows the resumed run redoes.
+        keep_jsonl_rows(files.metrics, lambda row: row["epoch"] <= done)
+        log.info("resuming %s from epoch %d", out_dir, done)
+    atomic_write_text(files.config, OmegaConf.to_yaml(cfg, resolve=True))
+    return None
 
 
 @dataclass
 class Segment:
-    """One process's stretch of work in a run directory: from `start` (a fresh run, or the
-    continuation of a killed one) to `finish`. `done` is the summary of a run that is finished
-    already (then there is nothing to do)."""
+    """One process's stretch of work in a run directory that `prepare` made ready: a fresh run, or
+    the continuation of a killed one, up to `finish`. Everything it knows it reads from the
+    directory: after `prepare`, a checkpoint and a summary are there only when the run continues."""
 
     out_dir: Path
-    ckpt: Path | None = None
-    resumed: dict = field(default_factory=dict)
-    wandb_id: str | None = None
-    wandb_record: dict = field(default_factory=dict)
-    done: dict | None = None
-    started: float = field(default_factory=time.time)
     fresh: bool = True  # the directory held no run before this segment (config.yaml absent)
-    lock: object | None = None  # the directory's lock (rank 0), held until `release`
+    started: float = field(default_factory=time.time)
 
-    def release(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+    def __post_init__(self) -> None:
+        self.files = RunFiles(self.out_dir)
+        # The summary of the segments before this one (rank 0), or the one rank 0 wrote (ranks > 0)
+        self.previous: dict = read_json(self.files.summary) or {}
+        self.ckpt: Path | None = self.files.checkpoint if self.files.checkpoint.exists() else None
+
+    @contextmanager
+    def outcome(self, refusals: tuple = ()):
+        """How an error inside ends the segment: one of `refusals` (a setting or the data, before
+        training) leaves the directory as `refused` says; a stop from outside (STOPPED) leaves it as
+        a killed run is, `running` and resumable; any other error marks the run `failed` with
+        error.txt, keeping what it computed (its rows and checkpoint)."""
+        try:
+            yield
+        except refusals:
+            self.refused()
+            raise
+        except STOPPED:
+            raise
+        except BaseException as e:
+            record_failure(self.out_dir, e)
+            raise
 
     def refused(self) -> None:
         """A setting or the data refused this run before training started: a fresh directory loses
-        what `start` wrote (it holds nothing computed); a resumed one stays as it was (no `failed`)."""
+        what `prepare` wrote (it holds nothing computed); a resumed one stays as it was (no `failed`)."""
         if self.fresh and launched_rank() == 0:
-            files = RunFiles(self.out_dir)
-            for path in (files.config, *files.restarted()):
+            for path in (self.files.config, *self.files.restarted()):
                 path.unlink(missing_ok=True)
-            shutil.rmtree(files.wandb, ignore_errors=True)
+            shutil.rmtree(self.files.wandb, ignore_errors=True)
 
     def running(self, **fields) -> dict:
         """summary.json status `running`; a resumed run keeps its start time."""
-        return write_summary(
-            self.out_dir,
-            status="running",
-            **fields,
-            **self.wandb_record,
-            started=self.resumed.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S"),
-        )
+        started = self.previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S")
+        return write_summary(self.out_dir, status="running", **fields, started=started)
 
     def finish(self, status: str, metric_seconds: float | None, **extra) -> dict:
         """summary.json with the final status and row; seconds add up over resumed segments."""
-        rows = read_jsonl(RunFiles(self.out_dir).metrics)
-        wall = (self.resumed.get("wall_seconds") or 0.0) + time.time() - self.started
-        metric = None if metric_seconds is None else (self.resumed.get("metric_seconds") or 0.0) + metric_seconds
+        rows = read_jsonl(self.files.metrics)
+        wall = (self.previous.get("wall_seconds") or 0.0) + time.time() - self.started
+        metric = None if metric_seconds is None else (self.previous.get("metric_seconds") or 0.0) + metric_seconds
         return write_summary(
             self.out_dir,
             status=status,
@@ -164,46 +188,14 @@ def execute(cfg: DictConfig, out_dir: str | Path, build: Callable, refusals: tup
     """One segment of the run in `out_dir`, from its lock to its summary: the whole life cycle of a
     run directory is here. `build(cfg, segment)` makes the job (an object with `identity`, the
     summary's fields while it runs, and `fit()` -> (status, extra fields, metric seconds)).
-    Returns the run's summary; a run finished already is skipped (resume=auto).
-    - an error of `refusals` while building (a setting, the data) leaves a fresh directory as it
-      found it and a resumed one as it was: nothing was trained;
-    - a stop from outside (STOPPED) leaves it as a killed run is: `running`, resumable;
-    - any other error, in building or fitting, marks the run `failed` with error.txt, keeping what
-      it computed (its rows and checkpoint);
-    - the directory's lock is released whatever happens."""
-    segment = start(cfg, out_dir)
-    try:
-        if segment.done is not None:
-            return segment.done
-        try:
-            job = build(cfg, segment)
-        except refusals:
-            segment.refused()
-            raise
-        except STOPPED:
-            raise
-        except BaseException as e:
-            record_failure(segment.out_dir, e)
-            raise
-        segment.running(**job.identity)
-        try:
-            status, extra, metric_seconds = job.fit()
-        except STOPPED:
-            raise
-        except BaseException as e:
-            record_failure(segment.out_dir, e)
-            raise
-        return segment.finish(status, metric_seconds=metric_seconds, **extra)
-    finally:
-        segment.release()
+    Returns the run's summary; a run finished already is skipped (resume=auto). An error ends the
+    segment as `Segment.outcome` says (an error of `refusals` counts only while building: nothing
+    was trained yet); the directory's lock is released whatever happens.
 
-
-def start(cfg: DictConfig, out_dir: str | Path) -> Segment:
-    """Make `out_dir` ready for `cfg`'s run: skip it when finished (resume=auto), continue it from
-    its checkpoint, or start it over; refuse a directory that holds a run with other settings."""
+    One process per run directory: a second one (a second terminal, a requeued job) is refused
+    while the first lives. Ranks > 0 of a DDP run, started by rank 0 inside trainer.fit with the
+    same command line, share rank 0's directory and its lock, and write none of its files."""
     out_dir = check_writable(out_dir)
-    # One process per run directory: a second one (a second terminal, a requeued job) is refused
-    # while the first lives. Ranks > 0 of a DDP run share rank 0's directory (and its lock).
     lock = None
     if launched_rank() == 0:
         lock = hold_directory(
@@ -212,60 +204,20 @@ def start(cfg: DictConfig, out_dir: str | Path) -> Segment:
             "wait for that run to end (it resumes from here if killed), or choose another hydra.run.dir",
         )
     try:
-        segment = _start(cfg, out_dir)
-    except BaseException:
+        fresh = not RunFiles(out_dir).config.exists()
+        done = prepare(cfg, out_dir)
+        if done is not None:
+            return done
+        segment = Segment(out_dir, fresh=fresh)
+        with segment.outcome(refusals):
+            job = build(cfg, segment)
+        segment.running(**job.identity)
+        with segment.outcome():
+            status, extra, metric_seconds = job.fit()
+        return segment.finish(status, metric_seconds=metric_seconds, **extra)
+    finally:
         if lock is not None:
             lock.release()
-        raise
-    segment.lock = lock
-    return segment
-
-
-def _start(cfg: DictConfig, out_dir: Path) -> Segment:
-    # Under DDP, ranks > 0 are started by rank 0 inside trainer.fit, with the same command line
-    # and run directory: only rank 0 prepares the directory and writes config, summary and
-    # error files (the metric callback and the checkpoint also write on rank 0 only).
-    main_rank = launched_rank() == 0
-    previous = read_json(RunFiles(out_dir).summary) or {}
-    fresh = not RunFiles(out_dir).config.exists()
-    finished = previous.get("status") in TERMINAL
-    if main_rank and cfg.resume == "auto" and (finished or resume_checkpoint(cfg, out_dir)):
-        check_same_run(cfg, RunFiles(out_dir).config)
-    if main_rank and finished and cfg.resume == "auto":
-        log.info("%s already %s; skipping", out_dir, previous["status"])
-        return Segment(out_dir, done=previous)
-    if main_rank:
-        try:
-            ckpt = prepare_run_dir(cfg, out_dir)
-        except ConfigError as e:  # an unreadable checkpoint: the run is stuck until someone acts
-            record_failure(out_dir, e)
-            raise
-        atomic_write_text(RunFiles(out_dir).config, OmegaConf.to_yaml(cfg, resolve=True))
-    else:  # rank 0 has prepared the directory already; resume from the same checkpoint
-        ckpt = resume_checkpoint(cfg, out_dir)
-    resumed = previous if ckpt else {}  # a resumed run keeps its start time and adds to its seconds
-    # ... and its W&B run when online (ranks > 0 take the id rank 0 wrote before starting them)
-    wandb_id = (resumed if main_rank else previous).get("wandb_id") or secrets.token_hex(8)
-    loggers = list((cfg.logger or {}).values())
-    if not any(logger_kwargs(c, wandb_id) for c in loggers):
-        wandb_id = None  # W&B picks its own id (offline, or the config's), or there is no W&B
-    # Recorded when W&B logs this segment (null when under an id of its own); kept with no W&B.
-    wandb_record = {"wandb_id": wandb_id} if any(is_wandb(c) for c in loggers) else {}
-    return Segment(out_dir, ckpt=ckpt, resumed=resumed, wandb_id=wandb_id, wandb_record=wandb_record, fresh=fresh)
-
-
-def is_wandb(logger_cfg: DictConfig) -> bool:
-    return str(logger_cfg.get("_target_", "")).endswith("WandbLogger")
-
-
-def logger_kwargs(logger_cfg: DictConfig, wandb_id: str | None) -> dict:
-    """W&B's run id for an online WandbLogger without one: the run directory's, so that a
-    resumed run continues its W&B run. Not offline: W&B cannot resume offline runs, and
-    `wandb sync` of two offline runs with one id keeps only one of them."""
-    modes = {str(m).lower() for m in (logger_cfg.get("mode"), os.environ.get("WANDB_MODE"))}
-    offline = bool(logger_cfg.get("offline", False)) or bool(modes & {"offline", "dryrun"})
-    chosen = logger_cfg.get("id") is not None or logger_cfg.get("version") is not None
-    return {"id": wandb_id} if is_wandb(logger_cfg) and wandb_id and not chosen and not offline else {}
 
 
 def check_writable(directory: str | Path) -> Path:

@@ -259,6 +259,31 @@ def settings_class(own_data: bool, own_model: bool) -> type[Settings]:
     return create_model("Settings", __base__=Settings, **fields)
 
 
+def check_arguments(where: str, node: dict, given: tuple = ()) -> None:
+    """A `_target_` node's keys against its class's (or function's) signature: a ConfigError naming
+    a key it does not take, or a `_target_` that cannot be imported. `given` are the arguments the
+    code passes itself (a callback's out_dir)."""
+    from hydra.utils import get_object
+
+    target = node.get("_target_")
+    try:
+        obj = get_object(target)
+    except Exception as e:
+        raise ConfigError(f"{where}._target_={target!r} cannot be imported ({str(e).splitlines()[0]})") from None
+    try:
+        parameters = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return  # no signature to check against (a builtin)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(k for k in node if not str(k).startswith("_") and k not in parameters)
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]} is not allowed: not an argument of {target} (its arguments: "
+            f"{[p for p in parameters if p not in ('self', 'params', *given)]})"
+        )
+
+
 def validate(cfg: DictConfig) -> Settings:
     """The resolved `cfg` (its hydra node left out) as Settings; a ConfigError for the first bad
     setting: `optim.momentum=1.5 is not allowed: a number < 1`."""
@@ -283,4 +308,8 @@ def validate(cfg: DictConfig) -> Settings:
     unknown = sorted(set(settings.trainer.model_extra or {}) - trainer_arguments())
     if unknown:
         raise ConfigError(f"trainer.{unknown[0]} is not allowed: not an argument of pytorch_lightning.Trainer")
+    check_arguments("optim.optimizer", container["optim"]["optimizer"])
+    for name, node in (container.get("callbacks") or {}).items():
+        if node is not None:
+            check_arguments(f"callbacks.{name}", node, given=("out_dir",))
     return settings

@@ -18,6 +18,7 @@ import contextlib
 import inspect
 import logging
 import os
+import secrets
 import sys
 import traceback
 import warnings
@@ -39,7 +40,7 @@ from .callbacks import Diverged, MetricMonitor
 from .config import CONFIG_PATH, ConfigError, check_command_line, check_config, register_resolvers
 from .data.errors import DataCorruptError, DataNotFoundError
 from .interfaces import MeasuredNetwork, MetricData, missing
-from .rundir import launched_rank, logger_kwargs, write_summary
+from .rundir import launched_rank, write_summary
 from .schema import OWN_DATA, OWN_MODELS
 
 log = logging.getLogger("wdcollapse")
@@ -48,6 +49,28 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage()
 )
 logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
+
+
+def is_wandb(logger_cfg: DictConfig) -> bool:
+    return str(logger_cfg.get("_target_", "")).endswith("WandbLogger")
+
+
+def logger_kwargs(logger_cfg: DictConfig, wandb_id: str | None) -> dict:
+    """W&B's run id for an online WandbLogger without one: the run directory's, so that a
+    resumed run continues its W&B run. Not offline: W&B cannot resume offline runs, and
+    `wandb sync` of two offline runs with one id keeps only one of them."""
+    modes = {str(m).lower() for m in (logger_cfg.get("mode"), os.environ.get("WANDB_MODE"))}
+    offline = bool(logger_cfg.get("offline", False)) or bool(modes & {"offline", "dryrun"})
+    chosen = logger_cfg.get("id") is not None or logger_cfg.get("version") is not None
+    return {"id": wandb_id} if is_wandb(logger_cfg) and wandb_id and not chosen and not offline else {}
+
+
+def wandb_run_id(cfg: DictConfig, previous: dict) -> str | None:
+    """The W&B id this segment's online WandbLogger takes: the run's earlier one (`previous`, the
+    summary of the segments before; ranks > 0 read the id rank 0 wrote), else a new one; None when
+    no logger takes it (offline, an id of the config's own, or no W&B): W&B picks its own."""
+    wandb_id = previous.get("wandb_id") or secrets.token_hex(8)
+    return wandb_id if any(logger_kwargs(c, wandb_id) for c in (cfg.logger or {}).values()) else None
 
 
 def takes(target: str, argument: str) -> bool:
@@ -185,6 +208,7 @@ def build(cfg: DictConfig, segment: rundir.Segment) -> Job:
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), verbose=False)
     trainer = None
+    wandb_id = wandb_run_id(cfg, segment.previous)
     try:
         own_data = cfg.data._target_ in OWN_DATA  # a data module of the user's own groups no steps
         with from_setting("data", cfg.data._target_):
@@ -198,11 +222,13 @@ def build(cfg: DictConfig, segment: rundir.Segment) -> Job:
         with from_setting("optim"):
             module = instantiate(cfg.module, net=net)  # the checked network, not a second one
         with from_setting("trainer"):
-            trainer, monitor = build_trainer(cfg, segment.out_dir, segment.wandb_id)
+            trainer, monitor = build_trainer(cfg, segment.out_dir, wandb_id)
     except BaseException:
         finish_loggers(trainer)
         raise
     identity = {"name": cfg.name, "seed": int(cfg.seed), "num_train": datamodule.num_train}
+    if any(is_wandb(c) for c in (cfg.logger or {}).values()):
+        identity["wandb_id"] = wandb_id  # null when W&B chose the id (offline: `wandb sync` shows it)
     return Job(trainer, module, datamodule, monitor, segment.ckpt, identity)
 
 
