@@ -203,3 +203,27 @@ def test_the_readme_quotes_the_presets_numbers_as_the_configs_hold_them():
     table = readme[readme.index("## Assumptions") :]
     row = next(line for line in table.splitlines() if line.startswith("| depths of the non-linear-depth sweep"))
     assert all(d in row for d in depths), row
+
+
+def test_the_full_tier_is_the_cpu_preset_with_more_depths_seeds_and_images():
+    """conf/reproduce/full.yaml names its base (cpu) and only what differs: a figure it leaves out
+    is the cpu preset's, a sweep value it sets replaces that one value, an overrides list it sets
+    replaces the whole list."""
+    from wdcollapse.figures import preset_sweeps
+
+    _, cpu = preset_sweeps("cpu")
+    _, full = preset_sweeps("full")
+    cpu, full = {f.name: f for f in cpu}, {f.name: f for f in full}
+    assert list(full) == list(cpu)
+    assert full["theory_gd"] == cpu["theory_gd"]
+    nonlinear = full["nonlinear_depth_mnist"]
+    assert sorted(int(d) for d in nonlinear.sweep["model.nonlinear_depth"].split(",")) == list(range(4, 13))
+    assert nonlinear.sweep["optim.lr"] == cpu["nonlinear_depth_mnist"].sweep["optim.lr"]  # kept from the base
+    assert nonlinear.overrides == cpu["nonlinear_depth_mnist"].overrides
+    assert nonlinear.num_runs == 9 * 2 * 3
+    assert full["mlp_mnist"].sweep["seed"].split(",") == ["0", "1", "2", "3", "4"]
+    for name in ("linear_depth_mnist", "resnet20_mnist", "linear_depth_cifar10"):
+        assert len(full[name].sweep["seed"].split(",")) == 3, name
+    for name in ("resnet20_mnist", "resnet20_cifar10", "linear_depth_cifar10"):
+        assert "data.num_per_class=500" in full[name].overrides, name  # 5,000 class-balanced images
+        assert "data.num_per_class=100" not in full[name].overrides, name

@@ -164,16 +164,28 @@ def preset_notice(preset: str) -> str | None:
     """What a preset's reproduction is for, when its verdicts are not to be read as results (the
     smoke preset: a plumbing check): the `notice` of conf/reproduce/<preset>.yaml, or None."""
     path = CONF_DIR / "reproduce" / f"{preset}.yaml"
-    return OmegaConf.load(path).get("notice") if path.exists() else None
+    return preset_spec(preset).get("notice") if path.exists() else None
 
 
-def preset_sweeps(preset: str) -> tuple[int, list[FigureSweep]]:
-    """(parallel jobs, each figure's sweep) of a preset: conf/reproduce/<preset>.yaml."""
+def preset_spec(preset: str) -> dict:
+    """conf/reproduce/<preset>.yaml as a dict; one with `base: <other preset>` is that preset's spec
+    with its own keys merged in (a figure's sweep values one by one, its overrides list whole)."""
+    return OmegaConf.to_container(_preset_node(preset), resolve=True)
+
+
+def _preset_node(preset: str):
     path = CONF_DIR / "reproduce" / f"{preset}.yaml"
     if not path.exists():
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise SystemExit(f"error: unknown preset {preset!r}; choose one of {available}")
-    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    spec = OmegaConf.load(path)
+    base = spec.pop("base", None)
+    return spec if base is None else OmegaConf.merge(_preset_node(str(base)), spec)
+
+
+def preset_sweeps(preset: str) -> tuple[int, list[FigureSweep]]:
+    """(parallel jobs, each figure's sweep) of a preset: conf/reproduce/<preset>.yaml."""
+    spec = preset_spec(preset)
     for f in spec["figures"].values():
         figure_spec(f["experiment"])  # every figure's plotter and claims are registered
     figures = [
