@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PRESET ?= cpu
+# test processes (pytest-xdist): the suite's runs are mostly one thread each; tests that share the smoke
+# reproduction run in one of them (xdist_group "smoke")
+TEST_JOBS ?= 2
 STAMP := $(VENV)/.installed
 # where the data is prepared and where training reads it (wdcollapse's default: $WDCOLLAPSE_DATA_DIR, else ./data)
 DATA_DIR ?= $(or $(WDCOLLAPSE_DATA_DIR),data)
@@ -45,7 +48,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests scripts examples
 
 test: install
-	WANDB_MODE=offline WANDB_SILENT=true $(PY) -m pytest -q
+	WANDB_MODE=offline WANDB_SILENT=true $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup
 
 reproduce: install
 	WANDB_SILENT=true $(PY) -m wdcollapse.reproduce --preset $(PRESET) $(if $(CIFAR),--cifar $(CIFAR),)

@@ -25,6 +25,14 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+def pytest_collection_modifyitems(config, items):
+    # `make test` runs the suite in two processes (pytest-xdist, --dist loadgroup): the tests that
+    # read the shared smoke reproduction run in one of them, so that it is made once
+    for item in items:
+        if "smoke" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smoke"))
+
+
 # A tiny MLP on a small MNIST subset: the whole entry point in a few seconds.
 TINY = [
     "data.num_per_class=10",

@@ -420,7 +420,8 @@ def test_the_schema_and_the_config_hold_the_switches():
     from wdcollapse.config import check_config
     from wdcollapse.errors import ConfigError
 
-    assert schema.Metrics().extra.model_dump() == {f: False for f in (*FAMILIES, "test_set")}
+    beyond = ("conditioning", "rank", "nc0", "grad_norm", "agop", "sharpness")  # tests/test_beyond_metrics.py
+    assert schema.Metrics().extra.model_dump() == {f: False for f in (*FAMILIES, "test_set", *beyond)}
     with pytest.raises(ValidationError):
         schema.ExtraMetrics(nc5=True)
     cfg = compose_train("logger=none", "callbacks.metrics.extra.etf=true")

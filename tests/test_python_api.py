@@ -113,7 +113,8 @@ MISTAKES = [
     (
         lambda: monitor(extra={"etff": True}),
         r"MetricMonitor\(extra=\{'etff': True\}\): not allowed: metric families from \['papyan_nc1_cdnv', 'etf', "
-        r"'self_duality', 'nc4', 'test_set'\] \(unknown: \['etff'\]\)",
+        r"'self_duality', 'nc4', 'test_set', 'conditioning', 'rank', 'nc0', 'grad_norm', 'agop', 'sharpness'\] "
+        r"\(unknown: \['etff'\]\)",
     ),
     (lambda: monitor(extra={"etf": "yes"}), r"MetricMonitor\(extra"),
     (lambda: monitor(layers="head.0"), r"MetricMonitor\(layers='head.0'\): not allowed: a list of names"),

@@ -36,6 +36,8 @@ COVERED = {
     "wandb leet outputs": "the terminal UI of the same records (interactive)",
     "wandb sync": "needs a W&B account and network",
     "wdcollapse-dashboard": "tests/test_wandb.py, tests/test_python_api.py (no account: the description, exit 1)",
+    "-m search=mlp_recipe": "tests/test_search.py (the same search on a tiny subset: three trials, then one more)",
+    "-m hydra/sweeper=optuna": "tests/test_search.py (a study of your own: a grid with refused and diverged trials)",
 }
 
 

@@ -128,7 +128,8 @@ def test_the_dashboard_description_has_a_panel_per_metric_family_per_figure(tmp_
         assert figure["group"] == f"{name}-cpu"
         lines = [p for s in figure["sections"] for p in s["panels"] if p["kind"] == "line"]
         assert [p["metric_regex"] for p in lines] == [
-            rf"^{family}/layer_\d+$" for family in (f.key for f in keys.FAMILIES)
+            *(rf"^{family}/layer_\d+$" for family in (f.key for f in keys.FAMILIES)),
+            *(f.pattern for f in keys.OPTIONAL_FAMILIES),  # the optional families, closed
         ]
         assert all(p["x"] == keys.EPOCH and p["groupby"] == "seed" for p in lines)
         view_sections = figure["view"]["spec"]["section"]["panel_bank_config"]["sections"]

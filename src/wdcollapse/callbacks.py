@@ -15,7 +15,7 @@ import torch
 from pydantic import Field, InstanceOf
 from pytorch_lightning.callbacks import Callback, Checkpoint
 
-from . import keys
+from . import beyond, keys
 from .arguments import check_pairs, checked, refuse
 from .errors import ArgumentError
 from .interfaces import HookedNetwork, LoaderData, MeasuredNetwork, MetricData, missing
@@ -77,6 +77,20 @@ def steps_per_epoch(trainer) -> int | None:
     if not isinstance(batches, int) or batches <= 0:
         return None
     return math.ceil(batches / max(1, trainer.accumulate_grad_batches))
+
+
+def training_batch_size(trainer) -> int | None:
+    """The samples of one optimizer step on one process: the datamodule's `batch_size` (None there
+    means full batch: the training set), else the training DataLoader's; None when unknown."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None and hasattr(datamodule, "batch_size"):
+        size = datamodule.batch_size
+        return size if size is not None else getattr(datamodule, "num_train", None)
+    try:
+        loader = trainer.train_dataloader
+    except Exception:  # no loader attached yet
+        return None
+    return getattr(loader, "batch_size", None)
 
 
 def extra_switches(extra, call: str = "MetricMonitor") -> ExtraMetrics:
@@ -163,8 +177,16 @@ class MetricMonitor(Callback):
             layers), True or False.
         exact: float64 throughout (default False: each chunk's statistics in float32,
             accumulated in float64, about 1e-7 relative).
-        extra: the literature's metrics (schema.ExtraMetrics: papyan_nc1_cdnv, etf,
-            self_duality, nc4, test_set), as a mapping of switches or a list of names.
+        extra: the literature's metrics and those beyond the paper (schema.ExtraMetrics:
+            papyan_nc1_cdnv, etf, self_duality, nc4, test_set, conditioning, rank, nc0,
+            grad_norm, agop, sharpness), as a mapping of switches or a list of names. grad_norm
+            and sharpness need the loss (CollapseModule's own, else `loss_fn`).
+        subset: agop and sharpness: the size of the fixed subset of the training set (every
+            (N / subset)-th sample of `data`'s order; default 1000).
+        lanczos_steps: sharpness: Lanczos iterations, one Hessian-vector product each (default 20).
+        hessian_eigenvalues: sharpness: how many of the top eigenvalues are logged (default 2).
+        batch_sharpness_batches: sharpness: how many mini-batches of the training batch size
+            (consecutive slices of the subset) the batch sharpness averages (default 8).
         layers: names from `pl_module.named_modules()` of its fully connected layers in forward
             order (e.g. ["head.0", "head.2", "fc"]), checked against the module at `setup`.
         linear_depth: with `layers`, how many of the last ones form the linear head.
@@ -211,8 +233,16 @@ class MetricMonitor(Callback):
         test_data: Any = None,
         num_classes: Annotated[int, Field(ge=2)] | None = None,
         loss_fn: Callable | None = None,
+        subset: PositiveInt = _DEFAULTS.subset,
+        lanczos_steps: PositiveInt = _DEFAULTS.lanczos_steps,
+        hessian_eigenvalues: PositiveInt = _DEFAULTS.hessian_eigenvalues,
+        batch_sharpness_batches: PositiveInt = _DEFAULTS.batch_sharpness_batches,
     ):
         call = "MetricMonitor"
+        if hessian_eigenvalues > lanczos_steps:
+            raise refuse(
+                call, "hessian_eigenvalues", hessian_eigenvalues, f"at most lanczos_steps={lanczos_steps} eigenvalues"
+            )
         if layers is not None and not layers:
             raise refuse(call, "layers", layers, "at least one layer name")
         if layers is not None and linear_depth is None:
@@ -247,6 +277,11 @@ class MetricMonitor(Callback):
         self.theory, self.exact = theory, exact
         self.extra = extra_switches(extra, call)
         self.extra_families = [name for name in keys.EXTRA if getattr(self.extra, name)]
+        self.monitor_families = [name for name in keys.MONITOR_EXTRA if getattr(self.extra, name)]
+        self.subset, self.lanczos_steps = subset, lanczos_steps
+        self.hessian_eigenvalues, self.batch_sharpness_batches = hessian_eigenvalues, batch_sharpness_batches
+        self.epoch_seconds: float | None = None  # the last training epoch's wall time (sharpness/epochs)
+        self._epoch_start: float | None = None
         self.metric_seconds = 0.0
         self._wandb: dict[int, RunLog] = {}
         self._raw_log: dict[int, Callable] = {}  # each logger's own log_metrics (see stamp_epochs)
@@ -265,6 +300,14 @@ class MetricMonitor(Callback):
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.network(pl_module)
         self.metric_data(trainer)
+        needs_loss = sorted({keys.GRAD_NORM, keys.SHARPNESS} & set(self.monitor_families))
+        if needs_loss and self._share_loss(pl_module) is None:
+            raise refuse(
+                "MetricMonitor",
+                "loss_fn",
+                None,
+                f"the batch's summed loss, loss_fn(output, labels): extra {needs_loss} differentiate the training loss",
+            )
         self.stamp_epochs(trainer)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -307,7 +350,12 @@ class MetricMonitor(Callback):
         if needed:
             self.evaluate(trainer, pl_module, epoch=0)
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._epoch_start is not None:
+            self.epoch_seconds = time.perf_counter() - self._epoch_start
         epoch = trainer.current_epoch + 1
         if epoch in self.epochs:
             check_diverged(trainer, pl_module)  # whatever the callback order: no rows of NaN weights
@@ -346,12 +394,60 @@ class MetricMonitor(Callback):
             )
         return data
 
-    def _loss(self, pl_module, num_total: int):
+    def _share_loss(self, pl_module):
+        """loss(output, labels, num_total): the batch's share of the mean loss over num_total
+        samples (CollapseModule's own loss, else `loss_fn` / num_total); None without a loss."""
         if hasattr(pl_module, "step_loss") and hasattr(pl_module, "loss"):  # CollapseModule: its own loss
-            return lambda out, y: pl_module.loss(out, y, num_total=num_total)
+            return lambda out, y, n: pl_module.loss(out, y, num_total=n)
         if self.loss_fn is not None:
-            return lambda out, y: self.loss_fn(out, y) / num_total
+            return lambda out, y, n: self.loss_fn(out, y) / n
         return None
+
+    def _loss(self, pl_module, num_total: int):
+        share = self._share_loss(pl_module)
+        return None if share is None else (lambda out, y: share(out, y, num_total))
+
+    def _beyond(self, trainer, pl_module, net, data, device, share: dict, reduce) -> dict:
+        """The keys of extra grad_norm, agop and sharpness (wdcollapse.beyond), in the current
+        (eval) mode: grad_norm over this rank's share of the training set, agop and sharpness on
+        the fixed subset, whose chunks the ranks share."""
+        families = self.monitor_families
+        row: dict = {}
+        if not families:
+            return row
+        rank, world = share.get("rank", 0), share.get("world", 1)
+        optimizers = list(trainer.optimizers or [])
+        loss = self._share_loss(pl_module)
+        params, decays = beyond.regularised_parameters(optimizers, pl_module)
+        if keys.GRAD_NORM in families:
+            train = on_device(data.eval_batches("train", **share), device)
+            row.update(beyond.grad_norm(net, params, decays, train, loss, data.num_train, reduce))
+        if keys.AGOP not in families and keys.SHARPNESS not in families:
+            return row
+        x, y = beyond.fixed_subset(on_device(data.eval_batches("train"), device), data.num_train, self.subset)
+        if keys.AGOP in families:
+            row.update(beyond.agop(net, beyond.chunks(x, y, beyond.CHUNK, rank, world), reduce))
+        if keys.SHARPNESS in families:
+            start = time.perf_counter()
+            pieces = beyond.chunks(x, y, beyond.CHUNK, rank, world)
+            eigenvalues = beyond.hessian_eigenvalues(
+                net, params, decays, pieces, loss, len(y), self.lanczos_steps, self.hessian_eigenvalues, reduce
+            )
+            for i, value in enumerate(eigenvalues, start=1):
+                row[keys.sharpness_eig(i)] = value
+            size = training_batch_size(trainer)
+            batches = []
+            if size:  # one optimizer step's samples over all ranks, at most the subset
+                size = min(size * world, len(y))
+                count = min(self.batch_sharpness_batches, len(y) // size)
+                batches = [(x[i * size : (i + 1) * size], y[i * size : (i + 1) * size]) for i in range(count)]
+            row[keys.BATCH_SHARPNESS] = beyond.batch_sharpness(net, params, decays, batches[rank::world], loss, reduce)
+            gd, momentum = beyond.stability_thresholds(optimizers[0]) if optimizers else (math.nan, math.nan)
+            row[keys.GD_THRESHOLD], row[keys.MOMENTUM_THRESHOLD] = gd, momentum
+            seconds = time.perf_counter() - start
+            row[keys.SHARPNESS_SECONDS] = seconds
+            row[keys.SHARPNESS_EPOCHS] = seconds / self.epoch_seconds if self.epoch_seconds else math.nan
+        return row
 
     def evaluate(self, trainer: pl.Trainer, pl_module, epoch: int) -> dict:
         start = time.perf_counter()
@@ -391,6 +487,7 @@ class MetricMonitor(Callback):
                 if all(torch.isfinite(net(x)).all() for x, _ in on_device(data.eval_batches("train"), device)):
                     raise
             raise Diverged(trainer.current_epoch, trainer.global_step, math.nan) from None
+        row.update(self._beyond(trainer, pl_module, net, data, device, share, reduce))
         record = {keys.EPOCH: epoch, keys.STEP: trainer.global_step}
         if "loss" in row:
             record[keys.TRAIN_LOSS] = row.pop("loss")

@@ -226,7 +226,7 @@ def check_command_line(argv: list[str]) -> None:
                 + ")",
             )
     try:
-        loader.load_configuration(config_name, overrides=first, run_mode=RunMode.RUN)
+        cfg = loader.load_configuration(config_name, overrides=first, run_mode=RunMode.RUN)
     except MissingConfigException as e:
         first_line = str(e).strip().splitlines()[0].rstrip(".")
         raise ConfigError(first_line + (f"; available: {sorted(e.options)}" if e.options else "")) from None
@@ -236,3 +236,24 @@ def check_command_line(argv: list[str]) -> None:
             line.rstrip(".") for line in lines if not line.startswith(("full_key:", "object_type=", "reference_type="))
         ]
         raise ConfigError("; ".join(lines[:3]) or type(e).__name__) from None
+    if args.multirun or cfg.hydra.get("mode") == RunMode.MULTIRUN:
+        check_objective(cfg)
+
+
+def reads_values(sweeper) -> bool:
+    """Whether a multirun's sweeper reads the value each job returns (Optuna's, Nevergrad's, ...;
+    Hydra's basic sweeper only lists the combinations)."""
+    return not str(sweeper.get("_target_", "")).endswith("BasicSweeper")
+
+
+def check_objective(cfg: DictConfig) -> None:
+    """A multirun whose sweeper reads each job's value must say which value (`objective.names`):
+    otherwise every job would train and return nothing the sweeper can use."""
+    sweeper = cfg.hydra.sweeper
+    _require(
+        not reads_values(sweeper) or OmegaConf.select(cfg, "objective.names") is not None,
+        "objective.names",
+        None,
+        f"a name or a list of names with hydra.sweeper._target_={sweeper.get('_target_')}, which reads the value "
+        "each job returns (e.g. objective.names=balancedness; README, 'Searching a recipe')",
+    )

@@ -25,22 +25,24 @@ from .wandb_log import GRAM_IMAGE
 
 def panels() -> list[dict]:
     """A figure workspace's sections, as plain data (what the description file holds); the same
-    for every figure, whose runs the workspace selects."""
+    for every figure, whose runs the workspace selects. The paper's families open, then the
+    optional ones (keys.OPTIONAL_FAMILIES: empty unless a run switched them on) closed."""
     sections = [
         {
-            "section": family,
+            "section": f.key,
+            "is_open": f in keys.FAMILIES,
             "panels": [
                 {
                     "kind": "line",
-                    "title": title,
+                    "title": f.summary,
                     "x": keys.EPOCH,
-                    "metric_regex": rf"^{family}/layer_\d+$",
-                    "log_y": log_y,
+                    "metric_regex": f.pattern,
+                    "log_y": f.log_y,
                     "groupby": "seed",
                 }
             ],
         }
-        for family, title, log_y in ((f.key, f.summary, f.log_y) for f in keys.FAMILIES)
+        for f in (*keys.FAMILIES, *keys.OPTIONAL_FAMILIES)
     ]
     sections.append(
         {
@@ -72,7 +74,7 @@ def workspace(figure: str, preset: str, entity: str, project: str):
                 )
             elif p["kind"] == "media":
                 built.append(wr.MediaBrowser(title=p["title"], media_keys=[p["key"]]))
-        sections.append(ws.Section(name=section["section"], panels=built, is_open=True))
+        sections.append(ws.Section(name=section["section"], panels=built, is_open=section.get("is_open", True)))
     return ws.Workspace(
         entity=entity,
         project=project,

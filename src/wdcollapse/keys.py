@@ -32,10 +32,16 @@ class Family:
     summary: str  # a dashboard section's title: the definition in plain text
     axis: str  # the y label in the figures (matplotlib mathtext)
     scale: str  # y axis: "log" (the theory predicts exponential decay), "linear", or "auto"
+    regex: str | None = None  # the keys it holds, when they are not `<key>/layer_l`
 
     @property
     def log_y(self) -> bool:
         return self.scale == "log"
+
+    @property
+    def pattern(self) -> str:
+        """The regular expression of the family's keys (a dashboard panel's `metric_regex`)."""
+        return self.regex if self.regex is not None else rf"^{self.key}/layer_\d+$"
 
 
 FAMILIES = (
@@ -92,6 +98,120 @@ EXTRA = {
     NC4: (NC4,),
 }
 
+# Beyond the paper (README, "Beyond the paper: stability, rank, conditioning"), also off by default.
+# Of the metric pass (the weights and the class means; keys.EXTRA's switches, below):
+# - conditioning: for every linear-head layer l (is_linear), the TOP_SINGULAR largest singular
+#   values `weight_sv1/layer_l`, `weight_sv2/layer_l`, ..., the smallest `weight_sv_min/layer_l`
+#   (s_r, r = min(n_l, n_(l-1))) and the condition number `weight_cond/layer_l` = s_1 / s_r of W_l.
+WEIGHT_SV, WEIGHT_SV_MIN, WEIGHT_COND = "weight_sv", "weight_sv_min", "weight_cond"
+TOP_SINGULAR = 3
+# - rank: for every layer, the singular values `class_sv<i>/layer_l` (i = 1..min(K, n_l)) of the
+#   class means of Z_l centred by the global mean (K x n_l), and their numerical rank
+#   `rank/layer_l`: how many s_i > RANK_RTOL * s_1. For the activated layers the same of the
+#   pre-activation W_l Z_(l-1): `class_sv<i>_preact/layer_l`, `rank_preact/layer_l`.
+CLASS_SV, RANK, PREACT = "class_sv", "rank", "preact"
+RANK_RTOL = 1e-3
+# - nc0: ||sum_k W_L[k, :]||_2, the norm of the sum of the last weight's rows (Zhao et al., ICLR 2026).
+NC0 = "nc0"
+CONDITIONING = "conditioning"  # the switch; RANK and NC0 are their own switches' names
+EXTRA.update({CONDITIONING: (WEIGHT_SV, WEIGHT_SV_MIN, WEIGHT_COND), RANK: (RANK, CLASS_SV), NC0: (NC0,)})
+
+# Of MetricMonitor (they need the loss, the weight decay and the optimizer; wdcollapse.beyond):
+# - grad_norm: `grad_norm` = ||grad (L + sum_g lambda_g/2 ||theta_g||^2)||_2 on the whole training
+#   set (L its mean loss, lambda_g the weight decay of the optimizer's parameter group g), and
+#   `grad_norm/loss` = ||grad L||_2.
+# - agop: per layer, on the fixed subset, the average gradient outer product A_l = mean_i J_i^T J_i
+#   (J_i the Jacobian of the network's output with respect to layer l's input Z_(l-1) at sample i):
+#   `agop_corr/layer_l` and `agop_sqrt_corr/layer_l`, the Pearson correlation of the entries of
+#   A_l and of A_l^(1/2) with those of W_l^T W_l (Beaglehole et al. 2024), and `agop_trace/layer_l`.
+# - sharpness: on the fixed subset, the top eigenvalues of the Hessian of the regularised loss
+#   (`sharpness` the largest, `sharpness/eig_i` the i-th), `sharpness/batch` the batch sharpness
+#   (mean over mini-batches B of g_B^T H_B g_B / ||g_B||^2, arXiv 2412.20553), the thresholds
+#   `sharpness/threshold_gd` = 2/eta and `sharpness/threshold_momentum` = 2(1 + beta)/eta at the
+#   optimizer's current learning rate eta and momentum beta, and their cost: `sharpness/seconds`,
+#   `sharpness/epochs` (those seconds over the last training epoch's).
+GRAD_NORM, AGOP, SHARPNESS = "grad_norm", "agop", "sharpness"
+GRAD_NORM_LOSS = f"{GRAD_NORM}/loss"
+AGOP_CORR, AGOP_SQRT_CORR, AGOP_TRACE = "agop_corr", "agop_sqrt_corr", "agop_trace"
+BATCH_SHARPNESS = f"{SHARPNESS}/batch"
+GD_THRESHOLD, MOMENTUM_THRESHOLD = f"{SHARPNESS}/threshold_gd", f"{SHARPNESS}/threshold_momentum"
+SHARPNESS_SECONDS, SHARPNESS_EPOCHS = f"{SHARPNESS}/seconds", f"{SHARPNESS}/epochs"
+MONITOR_EXTRA = {
+    GRAD_NORM: (GRAD_NORM,),
+    AGOP: (AGOP_CORR, AGOP_SQRT_CORR, AGOP_TRACE),
+    SHARPNESS: (SHARPNESS,),
+}
+
+# The optional families as the figures and the dashboards show them (FAMILIES holds the paper's).
+OPTIONAL_FAMILIES = (
+    Family(
+        WEIGHT_COND,
+        "condition number of W_l (linear head)",
+        "condition number s_1 / s_min of each linear-head weight W_l",
+        r"$s_1(W_l) / s_{min}(W_l)$",
+        "log",
+    ),
+    Family(
+        WEIGHT_SV,
+        "singular values of W_l (linear head)",
+        "top and smallest singular values of each linear-head weight W_l",
+        r"$s_i(W_l)$",
+        "log",
+        rf"^{WEIGHT_SV}(\d+|_min)/layer_\d+$",
+    ),
+    Family(
+        RANK,
+        "numerical rank of the class means",
+        f"numerical rank of the centred class means (s_i > {RANK_RTOL:g} s_1), after and before the activation",
+        rf"#$\{{i: s_i > {RANK_RTOL:g}\, s_1\}}$ of $\bar Z_l - \mu_G$",
+        "linear",
+        rf"^{RANK}(_{PREACT})?/layer_\d+$",
+    ),
+    Family(
+        CLASS_SV,
+        "singular values of the class means",
+        "singular spectrum of the centred class means, per layer, after and before the activation",
+        r"$s_i(\bar Z_l - \mu_G)$",
+        "log",
+        rf"^{CLASS_SV}\d+(_{PREACT})?/layer_\d+$",
+    ),
+    Family(NC0, "NC0", "NC0 = ||sum_k W_L[k, :]||_2", r"$\|W_L^T 1_K\|_2$", "log", rf"^{NC0}$"),
+    Family(
+        GRAD_NORM,
+        "gradient norm",
+        "norm of the gradient of the regularised loss (and of the loss alone) on the training set",
+        r"$\|\nabla (L + \frac{\lambda}{2}\|\theta\|^2)\|_2$",
+        "log",
+        rf"^{GRAD_NORM}(/loss)?$",
+    ),
+    Family(
+        AGOP_CORR,
+        "AGOP against W_l^T W_l",
+        "Pearson correlation of W_l^T W_l with the AGOP and its square root, per layer",
+        r"corr($W_l^T W_l$, AGOP$_l^{1/2}$)",
+        "linear",
+        r"^agop_(sqrt_)?corr/layer_\d+$",
+    ),
+    Family(AGOP_TRACE, "AGOP trace", "trace of the AGOP of each layer's input", r"tr(AGOP$_l$)", "log"),
+    Family(
+        SHARPNESS,
+        "sharpness and its thresholds",
+        "top Hessian eigenvalues of the regularised loss, batch sharpness, 2/eta and 2(1+beta)/eta",
+        r"$\lambda_{max}(\nabla^2 (L + \frac{\lambda}{2}\|\theta\|^2))$",
+        "log",
+        rf"^{SHARPNESS}(/(eig_\d+|batch|threshold_gd|threshold_momentum))?$",
+    ),
+    Family(
+        SHARPNESS_SECONDS,
+        "cost of the sharpness",
+        "seconds per sharpness evaluation, and as a fraction of a training epoch",
+        "seconds; epochs",
+        "linear",
+        rf"^{SHARPNESS}/(seconds|epochs)$",
+    ),
+)
+FAMILY.update({f.key: f for f in OPTIONAL_FAMILIES})
+
 TEST = "test"  # the metric pass on the test split: `test/nc1/layer_3`, `test/nc4`, ...
 
 _PER_LAYER_KEY = re.compile(r"^(?P<metric>[a-z0-9_]+)/layer_(?P<layer>\d+)$")
@@ -114,6 +234,23 @@ def etf(metric: str, of: str) -> str:
     return f"{metric}/{of}"
 
 
+def weight_sv(i: int) -> str:
+    """The family of W_l's i-th largest singular value (1-based): `weight_sv1`."""
+    return f"{WEIGHT_SV}{i}"
+
+
+def class_sv(i: int, preact: bool = False) -> str:
+    """The family of the i-th singular value (1-based) of the centred class means, of the
+    pre-activation with `preact`: `class_sv2`, `class_sv2_preact`."""
+    return f"{CLASS_SV}{i}" + (f"_{PREACT}" if preact else "")
+
+
+def sharpness_eig(i: int) -> str:
+    """The key of the Hessian's i-th largest eigenvalue (1-based): `sharpness` for the first,
+    `sharpness/eig_2`, ... after it."""
+    return SHARPNESS if i == 1 else f"{SHARPNESS}/eig_{i}"
+
+
 def on_test(key: str) -> str:
     """The key of a metric-pass value measured on the test split: `test/nc1/layer_3`."""
     return f"{TEST}/{key}"
@@ -121,9 +258,12 @@ def on_test(key: str) -> str:
 
 def of_weights_only(key: str) -> bool:
     """Whether the metric pass's value `key` depends on the weights alone (balancedness, the ETF
-    measures of W_L): the same on every split, so the test pass leaves it out."""
+    measures of W_L, conditioning, nc0): the same on every split, so the test pass leaves it out."""
     parsed = parse_layer(key)
-    return (parsed is not None and parsed[0] == BALANCEDNESS) or key.endswith(f"/{WEIGHTS}")
+    weight_families = (BALANCEDNESS, WEIGHT_SV_MIN, WEIGHT_COND)
+    if parsed is not None and (parsed[0] in weight_families or re.fullmatch(rf"{WEIGHT_SV}\d+", parsed[0])):
+        return True
+    return key == NC0 or key.endswith(f"/{WEIGHTS}")
 
 
 def theory(name: str) -> str:

@@ -16,11 +16,13 @@ from .models import LayerTrace, LayerwiseNet
 
 class PassState:
     """What one process's metric pass accumulated: per-layer accumulators, observers, the
-    loss sum, correct predictions and the sample count. Picklable (for all_gather_object)."""
+    loss sum, correct predictions and the sample count (and, for extra `rank`, the class sums of
+    the activated layers' pre-activations). Picklable (for all_gather_object)."""
 
-    def __init__(self, outs, negs, last_pre, observers, loss_sum: float, correct: int, count: int):
+    def __init__(self, outs, negs, last_pre, observers, loss_sum: float, correct: int, count: int, pre_means=None):
         self.outs, self.negs, self.last_pre, self.observers = outs, negs, last_pre, observers
         self.loss_sum, self.correct, self.count = loss_sum, correct, count
+        self.pre_means = pre_means if pre_means is not None else {}
 
     def merge(self, other: PassState) -> PassState:
         """Fold in the state of a pass over disjoint data."""
@@ -28,12 +30,15 @@ class PassState:
             len(other.outs) != len(self.outs)
             or set(other.negs) != set(self.negs)
             or len(other.observers) != len(self.observers)
+            or set(other.pre_means) != set(self.pre_means)
         ):
             raise ValueError("cannot merge metric passes of different networks or observers")
         for mine, theirs in zip(self.outs, other.outs):
             mine.merge(theirs)
         for l, acc in self.negs.items():
             acc.merge(other.negs[l])
+        for l, acc in self.pre_means.items():
+            acc.merge(other.pre_means[l])
         if self.last_pre is not None:
             self.last_pre.merge(other.last_pre)
         for mine, theirs in zip(self.observers, other.observers):
@@ -80,6 +85,15 @@ def extra_families(extra: Iterable[str], call: str = "metric_pass") -> set[str]:
     if not isinstance(extra, (str, Iterable)) or isinstance(extra, Mapping):
         raise refuse(call, "extra", extra, f"a list of metric families from {list(keys.EXTRA)}")
     families = {extra} if isinstance(extra, str) else set(extra)
+    theirs = sorted(map(str, families & set(keys.MONITOR_EXTRA)))
+    if theirs:
+        raise refuse(
+            call,
+            "extra",
+            extra,
+            f"metric families from {list(keys.EXTRA)}: {theirs} need the loss, the weight decay and the "
+            "optimizer, so MetricMonitor computes them (or call wdcollapse.beyond's functions)",
+        )
     unknown = sorted(map(str, families - set(keys.EXTRA)))
     if unknown:
         raise refuse(call, "extra", extra, f"metric families from {list(keys.EXTRA)} (unknown: {unknown})")
@@ -204,6 +218,16 @@ def metric_pass(
       be re-iterable (a list, a DataLoader) or a function returning a fresh iterable (the
       generator `batches` of a single pass cannot be read twice), and `reduce` is called a
       second time, with this process's (agreements, samples), to sum the counts of all ranks.
+    Beyond the paper (README, "Beyond the paper: stability, rank, conditioning"):
+    - `conditioning`: for every linear-head layer, `weight_sv1/layer_l`, ... (the 3 largest
+      singular values of W_l), `weight_sv_min/layer_l` and `weight_cond/layer_l` = s_1 / s_min.
+    - `rank`: for every layer, the singular values `class_sv<i>/layer_l` of the class means of Z_l
+      centred by the global mean (K x n_l) and their numerical rank `rank/layer_l` (how many
+      exceed keys.RANK_RTOL = 1e-3 times the largest); for the activated layers the same of the
+      pre-activation (`class_sv<i>_preact/layer_l`, `rank_preact/layer_l`), from class sums
+      of the pre-activations kept for it.
+    - `nc0`: ||sum_k W_L[k, :]||_2.
+    (grad_norm, agop and sharpness need the loss and the optimizer: MetricMonitor, wdcollapse.beyond.)
     `batches` may always be such a function; it is called once per pass.
     `nc4_centres` ([K, n_(L-1)]): the class centres nc4 classifies with; by default this pass's
     own class means of Z_(L-1). On held-out data pass the training set's (`measure(...).centres`
@@ -259,6 +283,7 @@ def measure(
     # Class means of the last activated layer's pre-activation: the first Gram of the paper's
     # figure is taken before the last ReLU.
     last_pre = metrics.NCAccumulator(num_classes, exact=exact) if nonlinear else None
+    pre_means = {l: metrics.ClassSumAccumulator(num_classes, exact) for l in nonlinear if keys.RANK in families}
     # Loss and accuracy stay on the device until the end: no synchronisation per batch.
     loss_sum, correct, count = 0.0, 0, 0
     observers = list(observers)
@@ -274,6 +299,8 @@ def measure(
                 negs[l].update(pre, out)
             if last_pre is not None and l == nonlinear[-1]:
                 last_pre.update(pre, y, labels_checked=True)
+            if l in pre_means:
+                pre_means[l].update(pre, y, labels_checked=True)
             outs[l].update(out, y, labels_checked=True)
             if l in keep:
                 preacts[l], outputs[l] = pre, out
@@ -286,7 +313,7 @@ def measure(
         count += len(y)
         del trace, out  # before the next forward: only one chunk's features alive at a time
 
-    state = PassState(outs, negs, last_pre, observers, float(loss_sum), int(correct), count)
+    state = PassState(outs, negs, last_pre, observers, float(loss_sum), int(correct), count, pre_means)
     if reduce is not None:
         state = merge_states(reduce(state))
     outs, negs, last_pre, observers = state.outs, state.negs, state.last_pre, state.observers
@@ -306,6 +333,7 @@ def measure(
     if penultimate >= 0:
         row[keys.NC3] = outs[penultimate].nc3()
     row.update(_extra_metrics(families, net, batches, outs, w64[-1], penultimate, exact, reduce, nc4_centres))
+    row.update(_beyond_metrics(families, net.is_linear, w64, outs, state.pre_means))
     if loss_fn is not None:
         row["loss"] = state.loss_sum
     row["acc"] = state.correct / state.count
@@ -345,6 +373,33 @@ def _extra_metrics(
     if keys.NC4 in families and centred is not None:
         centres = outs[penultimate].class_means() if nc4_centres is None else nc4_centres
         row[keys.NC4] = _nc4_pass(net, batches, centres, penultimate, exact, reduce)
+    return row
+
+
+def _beyond_metrics(families: set[str], is_linear, w64: list, outs: list, pre_means: dict) -> dict[str, float]:
+    """The keys of `conditioning`, `rank` and `nc0` from the float64 weights and the merged class
+    statistics."""
+    row: dict[str, float] = {}
+    if keys.CONDITIONING in families:
+        for l, w in enumerate(w64):
+            if not is_linear[l]:
+                continue
+            s = metrics.singular_values(w)
+            for i in range(min(keys.TOP_SINGULAR, s.numel())):
+                row[keys.layer(keys.weight_sv(i + 1), l + 1)] = float(s[i])
+            row[keys.layer(keys.WEIGHT_SV_MIN, l + 1)] = float(s[-1])
+            row[keys.layer(keys.WEIGHT_COND, l + 1)] = metrics.condition_number(s)
+    if keys.RANK in families:
+        spectra = [(l, False, acc.centred_means()) for l, acc in enumerate(outs)]
+        spectra += [(l, True, acc.centred_means()) for l, acc in pre_means.items()]
+        for l, preact, means in sorted(spectra, key=lambda item: (item[0], item[1])):
+            s = metrics.singular_values(means)
+            for i, value in enumerate(s.tolist()):
+                row[keys.layer(keys.class_sv(i + 1, preact), l + 1)] = value
+            rank = keys.RANK + (f"_{keys.PREACT}" if preact else "")
+            row[keys.layer(rank, l + 1)] = metrics.numerical_rank(s, keys.RANK_RTOL)
+    if keys.NC0 in families:
+        row[keys.NC0] = metrics.nc0(w64[-1])
     return row
 
 

@@ -18,6 +18,11 @@ switched on): Papyan, Han & Donoho's (2020) NC1 = tr(Sigma_W Sigma_B^+) / K and 
 measures of a simplex ETF (equinorm, equiangularity) and NC3 (self-duality of W_L and the centred
 class means), Galanti et al.'s (2022) class-distance normalised variance (CDNV), and NC4
 (agreement of the network with the nearest-class-centre classifier).
+
+Beyond the paper (also optional): the singular values and condition number of a weight, the
+numerical rank of the centred class means, and NC0 (Zhao et al.: the norm of the sum of the last
+weight's rows). The measures that need gradients (gradient norm, AGOP, sharpness) are in
+wdcollapse.beyond.
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ __all__ = [
     "NCAccumulator",
     "GramAccumulator",
     "NegativityAccumulator",
+    "singular_values",
+    "numerical_rank",
+    "condition_number",
+    "nc0",
+    "ClassSumAccumulator",
 ]
 
 # Norm floor for cosines: zero vectors get cosine 0 instead of NaN.
@@ -603,4 +613,76 @@ class NegativityAccumulator:
         """Fold in another accumulator fed disjoint rows."""
         self.full.merge(other.full)
         self.neg.merge(other.neg)
+        return self
+
+
+# ----------------------------------------------------------------------------
+# beyond the paper: spectra, numerical rank, NC0
+
+
+def singular_values(x: torch.Tensor) -> torch.Tensor:
+    """The singular values of a matrix [m, n], float64, descending (min(m, n) of them)."""
+    return torch.linalg.svdvals(check_2d(x, "x"))
+
+
+def numerical_rank(s: torch.Tensor, rtol: float) -> int:
+    """How many of the singular values `s` (descending) exceed `rtol` times the largest; 0 when
+    they are all zero."""
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return 0
+    return int((s > rtol * s[0]).sum())
+
+
+def condition_number(s: torch.Tensor) -> float:
+    """s_1 / s_r of the singular values `s` (descending): inf when s_r = 0, nan when all are 0."""
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return float("nan")
+    return float("inf") if float(s[-1]) == 0.0 else float(s[0] / s[-1])
+
+
+def nc0(weight: torch.Tensor) -> float:
+    """||sum_k W[k, :]||_2 of the last weight W = W_L [K, n_(L-1)] (torch's Linear layout: row k is
+    class k's): the norm of W_L^T 1_K, zero when the rows sum to zero (Zhao et al., ICLR 2026)."""
+    return float(torch.linalg.vector_norm(check_2d(weight, "weight").sum(0)))
+
+
+class ClassSumAccumulator:
+    """Streaming class means: per-class counts and sums (float64, [K, d]), merged by adding.
+    `exact=False`: each batch's class sums in the features' precision, summed in float64."""
+
+    def __init__(self, num_classes: int, exact: bool = True):
+        self.num_classes, self.exact = int(num_classes), exact
+        self.counts: torch.Tensor | None = None  # long [K]
+        self.sums: torch.Tensor | None = None  # float64 [K, d]
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor, labels_checked: bool = False) -> None:
+        """Add a batch of features [n, d] with labels [n]."""
+        z, y = check_inputs(features, labels, self.num_classes, self.exact, check_range=not labels_checked)
+        counts = torch.bincount(y, minlength=self.num_classes)
+        sums = z.new_zeros(self.num_classes, z.shape[1]).index_add_(0, y, z).double()
+        self._add(counts, sums)
+
+    def _add(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
+        if self.sums is None:
+            self.counts, self.sums = counts.clone(), sums.clone()
+            return
+        if sums.shape != self.sums.shape:
+            raise ValueError(f"feature shapes differ: {tuple(self.sums.shape)} vs {tuple(sums.shape)}")
+        self.counts = self.counts + counts.to(self.counts.device)
+        self.sums = self.sums + sums.to(self.sums.device)
+
+    def centred_means(self) -> torch.Tensor:
+        """mu_c - mu_G, float64 [K, d] (mu_G: the mean of all samples seen)."""
+        if self.sums is None:
+            raise ValueError(f"no samples seen: all classes {list(range(self.num_classes))} are empty")
+        _require_all_classes(self.counts)
+        n = self.counts.double().unsqueeze(1)
+        return self.sums / n - self.sums.sum(0) / n.sum()
+
+    def merge(self, other: ClassSumAccumulator) -> ClassSumAccumulator:
+        """Fold in another accumulator fed disjoint data."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge: num_classes {self.num_classes} vs {other.num_classes}")
+        if other.sums is not None:
+            self._add(other.counts, other.sums)
         return self

@@ -15,6 +15,8 @@ Init = Literal["default", "he", "lecun"]
 Schedule = Literal["every", "log"]
 Resume = Literal["auto", "never"]
 Normalize = Literal["channel", "pixel", "none"]  # true = channel, false = none
+# what a run returns to a sweeper (wdcollapse.objective, which computes each; all are minimised)
+ObjectiveName = Literal["balancedness", "steps_to_balance", "nc1", "test_error", "train_loss", "wall_seconds"]
 # pytorch_lightning.Trainer(precision=...): its documented values and aliases
 Precision = Literal[
     "transformer-engine",

@@ -295,6 +295,7 @@ RESUMABLE_CHANGES = (
     "trainer.accelerator",
     "trainer.log_every_n_steps",
     "callbacks.metrics.exact",
+    "objective",  # what the run returns to a sweeper, read from its files after training
 )
 
 

@@ -25,6 +25,7 @@ from .names import (  # noqa: F401 (re-exported: the allowed names are defined o
     LossName,
     MseReduction,
     Normalize,
+    ObjectiveName,
     Precision,
     Resume,
     Schedule,
@@ -147,14 +148,21 @@ class Trainer(BaseModel):
 
 
 class ExtraMetrics(Section):
-    """Optional metrics from the literature, one switch per family (metric_pass's `extra`; the
-    keys are wdcollapse.keys.EXTRA's), all off: the default pass and its row are unchanged."""
+    """Optional metrics from the literature and beyond the paper, one switch per family (the
+    metric pass's `extra`: wdcollapse.keys.EXTRA; MetricMonitor's own: keys.MONITOR_EXTRA), all
+    off: the default pass and its row are unchanged."""
 
     papyan_nc1_cdnv: bool = False  # nc1_papyan/layer_l = tr(Sigma_W Sigma_B^+) / K, cdnv/layer_l
     etf: bool = False  # nc2_equinorm/{features,weights}, nc2_equiangularity/{features,weights}
     self_duality: bool = False  # nc3_duality
     nc4: bool = False  # agreement with the nearest class centre: a second pass over the data
     test_set: bool = False  # the metric pass on the test split too, its keys prefixed test/
+    conditioning: bool = False  # weight_sv<i>/layer_l, weight_sv_min/layer_l, weight_cond/layer_l (linear head)
+    rank: bool = False  # class_sv<i>[_preact]/layer_l, rank[_preact]/layer_l of the centred class means
+    nc0: bool = False  # nc0 = ||sum_k W_L[k, :]||_2
+    grad_norm: bool = False  # grad_norm, grad_norm/loss: a forward and backward pass over the training set
+    agop: bool = False  # agop_corr/layer_l, agop_sqrt_corr/layer_l, agop_trace/layer_l on the fixed subset
+    sharpness: bool = False  # sharpness, sharpness/{eig_i,batch,threshold_gd,threshold_momentum,seconds,epochs}
 
 
 class Metrics(Section):
@@ -166,6 +174,10 @@ class Metrics(Section):
     test_acc: bool = True
     theory: Literal["auto"] | bool = "auto"
     extra: ExtraMetrics = Field(default_factory=ExtraMetrics)
+    subset: PositiveInt = 1000  # agop, sharpness: the fixed subset (every (N / subset)-th training sample)
+    lanczos_steps: PositiveInt = 20  # sharpness: Lanczos iterations (Hessian-vector products) per evaluation
+    hessian_eigenvalues: PositiveInt = 2  # sharpness: how many of the Hessian's top eigenvalues are logged
+    batch_sharpness_batches: PositiveInt = 8  # sharpness: mini-batches of the training batch size averaged
 
 
 class TheoryGD(Section):
@@ -200,6 +212,15 @@ class Callbacks(Section):
     theory_gd: TheoryGD | None = None
 
 
+class Objective(Section):
+    """What the run returns to a sweeper that reads values (hydra/sweeper=optuna): named quantities
+    of the finished run, each minimised (wdcollapse.objective computes them)."""
+
+    names: ObjectiveName | Annotated[list[ObjectiveName], Field(min_length=1)] | None = None
+    balanced_below: Annotated[float, Field(gt=0)] = 0.1  # steps_to_balance: claims.LINEAR_BALANCED
+    failed: float = 1.0e9  # a failed, diverged or refused run's value (finite: Optuna's multi-objective TPE needs it)
+
+
 class Paths(Section):
     data_dir: str
 
@@ -222,6 +243,7 @@ class Settings(Section):
     module: Target
     trainer: Trainer = Field(default_factory=Trainer)
     callbacks: Callbacks = Field(default_factory=Callbacks)
+    objective: Objective = Field(default_factory=Objective)
     logger: dict[str, dict[str, Any]] | None = None
 
 

@@ -4,6 +4,7 @@
     wdcollapse-train model.nonlinear_depth=6 model.linear_depth=3 optim.weight_decay=1.8e-3 seed=0
     wdcollapse-train experiment=mlp_mnist preset=cpu    # a paper figure's run at CPU scale
     wdcollapse-train -m seed=0,1,2 hydra/launcher=joblib   # a sweep, jobs in parallel
+    wdcollapse-train -m search=mlp_recipe               # a recipe search: Optuna reads each run's objective
     wdcollapse-train hydra.run.dir=outputs/my_run       # choose the run directory
 
 A run directory holds config.yaml (the resolved config), metrics.jsonl (one JSON object per
@@ -35,7 +36,7 @@ from hydra.utils import get_object, instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from . import rundir
+from . import objective, rundir
 from .callbacks import Diverged, MetricMonitor
 from .config import CONFIG_PATH, ConfigError, check_command_line, check_config, register_resolvers
 from .data.errors import DataCorruptError, DataNotFoundError
@@ -49,6 +50,8 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage()
 )
 logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
+# alembic (Optuna's study storage) logs each of its plugins as it loads them
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def is_wandb(logger_cfg: DictConfig) -> bool:
@@ -251,7 +254,10 @@ def quiet_lightning_warnings() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | list[float] | None:
+    """One training job; returns its objective (`objective.names`, wdcollapse.objective: one value
+    or a list, None when unset) for a sweeper that reads it. A job of a multirun that fails or is
+    refused returns `objective.failed` and the sweep goes on."""
     quiet_lightning_warnings()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -280,6 +286,8 @@ def _hydra_main(cfg: DictConfig) -> None:
             raise
         # One failed job must not end the sweep: run() recorded it in summary.json and error.txt.
         print(f"error: run {out_dir} failed: {type(e).__name__}: {e} (see error.txt)", file=sys.stderr)
+    # a sweeper's value: a refused or failed job's is objective.failed (its summary says `failed`)
+    return objective.returned(out_dir, cfg.get("objective")) if launched_rank() == 0 else None
 
 
 def main() -> None:
