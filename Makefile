@@ -1,4 +1,4 @@
-# make reproduce: the paper's figures (MNIST, cpu preset); make test: the test suite.
+# make reproduce: the paper's figures (MNIST, cpu preset; BEYOND=1 adds the experiments beyond the paper); make test: the test suite.
 # Each target creates .venv and installs what it needs when that is missing.
 PYTHON ?= python3
 VENV := .venv
@@ -50,8 +50,9 @@ lint: $(STAMP)
 test: install
 	WANDB_MODE=offline WANDB_SILENT=true $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup
 
+# BEYOND=1: also the figures beyond the paper (the preset's `beyond:` figures; --beyond)
 reproduce: install
-	WANDB_SILENT=true $(PY) -m wdcollapse.reproduce --preset $(PRESET) $(if $(CIFAR),--cifar $(CIFAR),)
+	WANDB_SILENT=true $(PY) -m wdcollapse.reproduce --preset $(PRESET) $(if $(CIFAR),--cifar $(CIFAR),) $(if $(filter-out 0,$(BEYOND)),--beyond,)
 
 bench: install
 	$(PY) scripts/bench.py

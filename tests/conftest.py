@@ -25,6 +25,7 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(config, items):
     # `make test` runs the suite in two processes (pytest-xdist, --dist loadgroup): the tests that
     # read the shared smoke reproduction run in one of them, so that it is made once

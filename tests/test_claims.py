@@ -251,7 +251,7 @@ def test_judge_gives_one_entry_per_figure_and_claim():
     assert claims.judge(FIGURES["resnet20_cifar10"], [good])[0]["evidence"]["nonlinear_pairs"] == [1, 2, 3, 4]
     assert claims.judge(FIGURES["mlp_mnist"], [good])[0]["evidence"]["nonlinear_pairs"] == [3, 4]
     assert claims.judge(FIGURES["resnet20_cifar10"], [])[0]["passed"] is None
-    assert {spec.name for spec in FIGURES.values() if spec.claims} == {
+    assert {spec.name for spec in FIGURES.values() if spec.claims and not spec.beyond} == {
         "mlp_mnist",
         "resnet20_cifar10",
         "linear_depth_mnist",
@@ -355,3 +355,196 @@ def test_report_settings_list_every_value_a_sweep_used_and_the_figures_open_arch
     assert rows["data.num_per_class"][1] == "500, full training set"
     assert rows["optim.lr"][1] == "0.0005, 0.002"  # numeric order
     assert all(paper.startswith("n/a") for paper, _ in rows.values())  # not a figure of the paper
+
+
+# ---------------------------------------------------------------------------------------------
+# Beyond the paper: claims 5-7, each on hand-made runs where the expectation holds and where it fails.
+
+
+def sharpness_run(batch_ratios, full_ratio=0.5, seed=0, lr=0.02, momentum=0.9, drop=0.0625, warmup=1, every=2):
+    """A stability run evaluated every `every` epochs: epoch 0, a warm-up (the learning rate rising
+    until `warmup`), the peak learning rate, then the drop after half the epochs; `batch_ratios` is the
+    batch sharpness over 2(1+beta)/eta at each evaluation after epoch 0, the full-batch sharpness is
+    `full_ratio` x 2(1+beta)/eta throughout."""
+    rows = []
+    epochs = [0] + [every * (i + 1) for i in range(len(batch_ratios))]
+    drop_at = epochs[-1] // 2
+    for e, ratio in zip(epochs, [0.1, *batch_ratios]):
+        eta = lr * (0.01 if e < warmup else (drop if e > drop_at else 1.0))
+        threshold = 2 * (1 + momentum) / eta
+        rows.append(
+            {
+                "epoch": e,
+                "sharpness": full_ratio * threshold,
+                "sharpness/batch": ratio * threshold,
+                "sharpness/threshold_momentum": threshold,
+                "sharpness/threshold_gd": 2 / eta,
+            }
+        )
+    run = fake_run(6, 3, rows, lr=lr)
+    run.config["seed"] = seed
+    run.config["optim"].update(lr_drop_at=0.5, momentum=momentum)
+    run.config["trainer"] = {"max_epochs": epochs[-1]}
+    return run
+
+
+def test_claim5_passes_at_the_edge_and_fails_below_it_or_above_the_new_threshold():
+    # epochs 2..10 at the peak lr (5 evaluations, the last 3 judged), 12..20 after the drop
+    edge = [0.3, 0.6, 0.95, 1.0, 1.05, 0.1, 0.2, 0.3, 0.35, 0.4]
+    result = claims.claim5_edge_of_stability([sharpness_run(edge)])
+    assert result["passed"] is True, result["deciding"]
+    evidence = result["evidence"]
+    assert evidence["peak_lr_epochs"] == [2, 4, 6, 8, 10] and evidence["judged_epochs"] == [6, 8, 10]
+    assert evidence["after_drop_epochs"] == [12, 14, 16, 18, 20]
+    assert evidence["edge_ratio_range"] == pytest.approx([0.95, 1.05])
+    assert evidence["sharpness_edge_ratio_range"] == pytest.approx([0.5, 0.5])
+    assert "(at the edge)" in result["deciding"] and "(stable)" in result["deciding"]
+    # the first evaluations at the peak lr (still sharpening) do not decide; the last ones do
+    below = claims.claim5_edge_of_stability([sharpness_run([0.3, 0.4, 0.5, 0.6, 0.7, 0.1, 0.1, 0.1, 0.1, 0.1])])
+    assert below["passed"] is False and "(below the edge)" in below["deciding"]
+    assert below["evidence"]["checks"] == {
+        "batch sharpness within [0.8, 1.1] x threshold at the peak lr": False,
+        "batch sharpness <= 1.1 x the new threshold after the drop": True,
+    }
+    above = claims.claim5_edge_of_stability([sharpness_run([0.9, 1.0, 1.3, 1.2, 1.4, 0.1, 0.1, 0.1, 0.1, 0.1])])
+    assert above["passed"] is False and "(above the edge)" in above["deciding"]
+    unstable = claims.claim5_edge_of_stability([sharpness_run([*edge[:5], 0.5, 0.9, 1.2, 1.0, 0.9])])
+    assert unstable["passed"] is False and "ABOVE the new threshold" in unstable["deciding"]
+    # seed means decide: one seed at 0.7 and one at 1.1 average to 0.9, inside the band
+    seeds = [
+        sharpness_run([0.5, 0.6, 0.7, 0.7, 0.7, 0.1, 0.1, 0.1, 0.1, 0.1], seed=0),
+        sharpness_run([0.5, 0.6, 1.1, 1.1, 1.1, 0.1, 0.1, 0.1, 0.1, 0.1], seed=1),
+    ]
+    assert claims.claim5_edge_of_stability(seeds)["evidence"]["edge_ratio_range"] == pytest.approx([0.9, 0.9])
+    # no sharpness logged (the switch off): not decided, and it says why
+    plain = fake_run(6, 3, [{"epoch": 0}, {"epoch": 2}])
+    assert claims.claim5_edge_of_stability([plain])["passed"] is None
+    assert "sharpness" in claims.claim5_edge_of_stability([plain])["evidence"]["why"]
+
+
+def test_stability_phases_leave_out_the_warmup_and_find_the_drop():
+    assert claims.stability_phases({0: 900.0, 1: 400.0, 2: 190.0, 3: 190.0, 4: 3040.0, 5: 3040.0}) == (
+        [2, 3],
+        [4, 5],
+    )
+    assert claims.stability_phases({0: 190.0, 1: 190.0, 2: 190.0}) == ([1, 2], [])  # no drop, no warm-up
+    assert claims.stability_phases({0: 190.0}) == ([], [])
+
+
+def deep_head_run(depth, nc2, rank=9, cond=3.0, wd=1e-3, seed=0):
+    L = 5 + depth
+    row = {"epoch": 12, f"nc2/layer_{L - 1}": nc2, f"rank/layer_{L - 1}": rank, f"weight_cond/layer_{L}": cond}
+    run = fake_run(5, depth, [row], wd=wd)
+    run.config["seed"] = seed
+    return run
+
+
+def test_claim6_expects_deeper_heads_to_keep_improving_nc2_at_full_rank():
+    depths = (1, 2, 3, 5, 6, 8, 10)
+    improving = [deep_head_run(d, 1 + 2.0 / d) for d in depths]  # NC2 - 1 = 2/d: 0.4 at 5, 0.2 at 10
+    result = claims.claim6_deeper_heads(improving)
+    assert result["passed"] is True, result["deciding"]
+    entry = result["evidence"]["by_weight_decay"]["0.001"]
+    assert entry["gain_over_paper_range"] == pytest.approx(0.5)
+    assert entry["stops_improving_at"] == 10 and entry["rank_below_K_minus_1_at"] == []
+    assert "still improving" in result["deciding"] and "(K - 1 = 9 everywhere)" in result["deciding"]
+    assert "NC2 did not stop improving up to 10 layers" in result["deciding"]
+    # NC2 flat past 5 layers (5% better at 10: under the 10% the rule asks): it stops improving at 5
+    flat = [deep_head_run(d, 1 + 2.0 / min(d, 5) * (0.95 if d == 10 else 1.0)) for d in depths]
+    result = claims.claim6_deeper_heads(flat)
+    assert result["passed"] is False and "NOT improving" in result["deciding"]
+    assert result["evidence"]["by_weight_decay"]["0.001"]["stops_improving_at"] == 5
+    assert "stops improving at 5 layers" in result["deciding"]
+    # NC2 keeps improving but the 8- and 10-layer heads lose a dimension of their class means (low rank)
+    low_rank = [deep_head_run(d, 1 + 2.0 / d, rank=8 if d >= 8 else 9) for d in depths]
+    result = claims.claim6_deeper_heads(low_rank)
+    assert result["passed"] is False and "below K - 1 = 9 at 8, 10" in result["deciding"]
+    # one seed of two at rank 8 is enough; a missing rank (the switch off) fails too
+    seeds = [deep_head_run(d, 1 + 2.0 / d, seed=s, rank=8 if (d, s) == (6, 1) else 9) for d in depths for s in (0, 1)]
+    assert claims.claim6_deeper_heads(seeds)["evidence"]["by_weight_decay"]["0.001"]["rank_below_K_minus_1_at"] == [6]
+    missing = [deep_head_run(d, 1 + 2.0 / d, rank=None) for d in depths]
+    assert claims.claim6_deeper_heads(missing)["passed"] is False
+    # each weight decay on its own: one that fails fails the claim
+    both = improving + [deep_head_run(d, 1 + 2.0 / min(d, 5), wd=4e-3) for d in depths]
+    result = claims.claim6_deeper_heads(both)
+    assert result["passed"] is False
+    assert [e["holds"] for e in result["evidence"]["by_weight_decay"].values()] == [True, False]
+    # no head deeper than the paper's: nothing to compare, the expectation cannot hold
+    assert claims.claim6_deeper_heads([deep_head_run(d, 1 + 2.0 / d) for d in (1, 3, 5)])["passed"] is False
+    assert claims.claim6_deeper_heads([])["passed"] is None
+
+
+def width_run(n1, nc1, balancedness, N=200, seed=0):
+    L1, L2 = 2, 3
+    row = {"epoch": 12000, f"nc1/layer_{L1 + L2 - 1}": nc1}
+    row |= {f"balancedness/layer_{l}": balancedness for l in range(L1 + 1, L1 + L2)}
+    row |= {f"balancedness/layer_{l}": 0.9 for l in range(1, L1 + 1)}  # the non-linear pairs do not decide
+    run = fake_run(L1, L2, [row])
+    run.config["model"]["width"] = [n1, 96, 64, 32]
+    run.config["seed"] = seed
+    run.summary["num_train"] = N
+    return run
+
+
+def test_claim7_expects_collapse_below_n1_equal_n_and_says_what_was_seen():
+    widths = (25, 50, 100, 200, 400)
+    everywhere = [width_run(n1, 0.01, 0.05) for n1 in widths]
+    result = claims.claim7_width(everywhere)
+    assert result["passed"] is True
+    assert result["evidence"]["N"] == 200 and result["evidence"]["collapsed_widths"] == list(widths)
+    assert "collapse did not need n1 >= N" in result["deciding"] and "n1 = 25 (0.125 N)" in result["deciding"]
+    # collapse only from n1 = N on: the expectation fails, and the outcome names the width
+    needs_width = [width_run(n1, 0.01 if n1 >= 200 else 0.2, 0.05) for n1 in widths]
+    result = claims.claim7_width(needs_width)
+    assert result["passed"] is False and "from n1 = 200 (1 N) on" in result["deciding"]
+    # NC1 small but the head not balanced below N: not collapsed by the rule
+    unbalanced = [width_run(n1, 0.01, 0.05 if n1 >= 100 else 0.3) for n1 in widths]
+    assert claims.claim7_width(unbalanced)["evidence"]["outcome"].endswith("from n1 = 100 (0.5 N) on")
+    # not even n1 >= N collapsed: inconclusive, and the expectation did not hold
+    nothing = [width_run(n1, 0.2, 0.05) for n1 in widths]
+    result = claims.claim7_width(nothing)
+    assert result["passed"] is False and "inconclusive" in result["deciding"]
+    # seed means decide: NC1 0.01 and 0.08 average 0.045 (collapsed); 0.01 and 0.1 do not
+    assert claims.claim7_width([width_run(50, 0.01, 0.05), width_run(50, 0.08, 0.05, seed=1)])["passed"] is True
+    assert claims.claim7_width([width_run(50, 0.01, 0.05), width_run(50, 0.1, 0.05, seed=1)])["passed"] is False
+    # N from num_per_class when summary.json does not say; no width below N: not decided
+    run = width_run(400, 0.01, 0.05)
+    del run.summary["num_train"]
+    run.config["data"] = {"num_per_class": 20, "num_classes": 10}
+    assert (
+        claims.claim7_width([run])["passed"] is None
+        and "no width n1 < N = 200" in claims.claim7_width([run])["evidence"]["why"]
+    )
+
+
+def test_beyond_claims_are_judged_and_labelled_on_their_figures():
+    from wdcollapse.figures import FIGURES
+
+    beyond = {name for name, spec in FIGURES.items() if spec.beyond}
+    assert beyond == {"stability_mnist", "deep_head_mnist", "width_mnist"}
+    assert [FIGURES[name].claims for name in ("stability_mnist", "deep_head_mnist", "width_mnist")] == [
+        (5,),
+        (6,),
+        (7,),
+    ]
+    for name in beyond:
+        assert "beyond the paper" in FIGURES[name].title.lower() and FIGURES[name].ours
+        (entry,) = claims.judge(FIGURES[name], [])
+        assert entry["beyond"] is True and entry["passed"] is None
+    assert all(e["beyond"] is False for e in claims.judge(FIGURES["mlp_mnist"], []))
+
+
+def test_claims_page_states_the_thresholds_of_the_rules_beyond_the_paper():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "claims.md").read_text()
+    section = text[text.index("## Beyond the paper: claims 5-7") :]
+    low, high = claims.EDGE_BAND
+    for written in (
+        f"within [{low:g}, {high:g}]",
+        f"last {1 - claims.EDGE_FROM:.0%} of those evaluations",
+        f"it is <= {claims.STABLE_AFTER_DROP:g}",
+        f"by >= {claims.DEEPER_GAIN:.0%}",
+        f"best head of <= {claims.PAPER_LINEAR_DEPTH} layers",
+        f"NC1 of Z_(L-1) is < {claims.NC1_COLLAPSED:g}",
+        f"every linear pair is < {claims.LINEAR_BALANCED:g}",
+    ):
+        assert " ".join(written.split()) in " ".join(section.split()), written

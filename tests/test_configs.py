@@ -54,7 +54,7 @@ def test_experiment_composes_and_builds(experiment, preset):
     cfg = compose_cfg(*overrides)
     with open_dict(cfg):
         hydra_node = cfg.pop("hydra")
-    if experiment == "theory_gd" and preset == "smoke":  # its mini-batches would not be gradient descent
+    if experiment in ("theory_gd", "width_mnist") and preset == "smoke":  # mini-batches would not be gradient descent
         assert "optim=gd" in refusal(cfg)
         return
     check_config(cfg)
@@ -227,3 +227,41 @@ def test_the_full_tier_is_the_cpu_preset_with_more_depths_seeds_and_images():
     for name in ("resnet20_mnist", "resnet20_cifar10", "linear_depth_cifar10"):
         assert "data.num_per_class=500" in full[name].overrides, name  # 5,000 class-balanced images
         assert "data.num_per_class=100" not in full[name].overrides, name
+
+
+def test_the_figures_beyond_the_paper_are_a_presets_own_key_taken_only_when_asked():
+    """conf/reproduce/<preset>.yaml lists the figures beyond the paper under `beyond:`, next to
+    `figures:`; preset_sweeps adds them with beyond=True (full.yaml has them from its base, cpu), and a
+    figure under the wrong key is an error naming it."""
+    from unittest import mock
+
+    from wdcollapse import figures
+    from wdcollapse.figures import FIGURES, preset_sweeps
+
+    beyond = ["stability_mnist", "deep_head_mnist", "width_mnist"]
+    for preset in ("cpu", "full", "smoke"):
+        _, paper = preset_sweeps(preset)
+        _, every = preset_sweeps(preset, beyond=True)
+        assert not any(f.beyond for f in paper) and [f.name for f in every] == [f.name for f in paper] + beyond
+        assert all(f.beyond and FIGURES[f.experiment].beyond for f in every[len(paper) :])
+    _, cpu = preset_sweeps("cpu", beyond=True)
+    width = {f.name: f for f in cpu}["width_mnist"]
+    assert width.use_preset is False and width.sweep["model.width.0"] == "400,200,100,50,25"
+    assert [c["model.width.0"] for c in width.combinations()][:2] == ["400", "400"]  # two seeds each
+    deep = {f.name: f for f in cpu}["deep_head_mnist"]
+    assert {int(d) for d in deep.sweep["model.linear_depth"].split(",")} >= {6, 8, 10}
+    # the experiment's own sweep keys are all named, so that no two runs share a directory
+    for f in cpu + preset_sweeps("smoke", beyond=True)[1]:
+        own = OmegaConf.load(CONF / "experiment" / f"{f.experiment}.yaml").hydra.sweeper.params
+        assert set(own) <= set(f.sweep), (f.name, set(own) - set(f.sweep))
+    # a paper figure under `beyond:` (or a beyond figure under `figures:`) is refused with its name
+    spec = figures.preset_spec("smoke")
+    spec["beyond"]["mlp_mnist"] = spec["figures"]["mlp_mnist"]
+    with mock.patch.object(figures, "preset_spec", return_value=spec):
+        with pytest.raises(SystemExit, match="lists mlp_mnist .* under `beyond:`; it belongs under `figures:`"):
+            preset_sweeps("smoke", beyond=True)
+    spec = figures.preset_spec("smoke")
+    spec["figures"]["width_mnist"] = spec["beyond"]["width_mnist"]
+    with mock.patch.object(figures, "preset_spec", return_value=spec):
+        with pytest.raises(SystemExit, match="under `figures:`; it belongs under `beyond:`"):
+            preset_sweeps("smoke")

@@ -130,3 +130,53 @@ def test_cifar10_figures_run_from_the_jpeg_tarball(tmp_path):
     )
     for name in ("resnet20_cifar10_curves", "resnet20_cifar10_grams", "linear_depth_cifar10"):
         assert mpimg.imread(tmp_path / "figures" / f"{name}.png").ndim == 3
+
+
+BEYOND = {"stability_mnist": 5, "deep_head_mnist": 6, "width_mnist": 7}
+
+
+def test_figures_beyond_the_paper_run_with_the_switch_and_are_absent_without_it(smoke, tmp_path):
+    import shutil
+
+    out, proc = smoke
+    # without --beyond: neither trained nor listed (not as skipped, not as failures); the console says how
+    report = json.loads((out / "report.json").read_text())
+    assert not {c["figure"] for c in report["claims"]} & set(BEYOND) and not set(report["skipped_figures"]) & set(
+        BEYOND
+    )
+    assert all(c["beyond"] is False for c in report["claims"])
+    assert not any((out / "runs" / name).exists() for name in BEYOND)
+    assert "beyond the paper: stability_mnist, deep_head_mnist, width_mnist run with --beyond" in proc.stdout
+    assert "beyond the paper" not in (out / "REPORT.md").read_text()
+    # --beyond on a copy of that folder: the paper's figures are done, only the three train (one job: no
+    # worker processes to start, seconds each)
+    copy = tmp_path / "beyond"
+    shutil.copytree(out, copy)
+    proc = reproduce(copy, "--beyond", "--jobs", "1", "--wandb", "disabled")
+    assert proc.stdout.count("already done: skipping") == 5
+    report = json.loads((copy / "report.json").read_text())
+    beyond = {c["figure"]: c for c in report["claims"] if c["beyond"]}
+    assert {name: c["claim"] for name, c in beyond.items()} == BEYOND
+    for name, claim in beyond.items():
+        assert isinstance(claim["passed"], bool) and claim["rule"] and claim["deciding"], name
+        assert report["runs"][name]["finished"] == report["runs"][name]["expected"] > 0, name
+        png = mpimg.imread(copy / "figures" / f"{name}.png")
+        assert png.ndim == 3 and png[..., :3].std() > 0.05, name
+        assert f"{name}, claim {claim['claim']} (beyond the paper):" in proc.stdout
+    text = (copy / "REPORT.md").read_text()
+    beyond_table = text[text.index("### Verdicts beyond the paper") : text.index("## Claims")]
+    for name, claim in beyond.items():
+        label = "PASS" if claim["passed"] else "FAIL"
+        assert f"| {name} | {claim['claim']} | **{label}** |" in beyond_table
+        assert f"### {name}, claim {claim['claim']} (beyond the paper): **{label}**" in text
+        assert f"### {name} (beyond the paper)" in text  # its settings
+    # the width sweep's swept key is a list item (model.width.0): its runs are found and named by it
+    assert sorted(p.name for p in (copy / "runs" / "width_mnist").iterdir() if p.is_dir()) == [
+        "model.width.0=10,seed=0",
+        "model.width.0=40,seed=0",
+    ]
+    # --only names a beyond figure without --beyond: it takes part (here with no runs: listed, not trained)
+    only = tmp_path / "only"
+    proc = reproduce(only, "--only", "width_mnist", "--plots-only", "--wandb", "disabled")
+    report = json.loads((only / "report.json").read_text())
+    assert [c["figure"] for c in report["claims"] if c["beyond"]] == ["width_mnist"]

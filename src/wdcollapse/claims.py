@@ -1,4 +1,6 @@
-"""The paper's four claims (docs/claims.md), each decided from run directories by a stated rule.
+"""The paper's four claims (docs/claims.md), each decided from run directories by a stated rule,
+and three beyond the paper (claims 5-7: experiments the paper did not run; docs/claims.md, "Beyond
+the paper"), whose rules state an expectation and whose verdict says whether it held.
 
 Every claim function takes the finished runs of one figure and returns {"claim", "statement",
 "rule", "passed", "deciding", "evidence"}: `passed` is None when the runs it needs are missing,
@@ -34,6 +36,12 @@ NC2_CLOSE = 3.0  # claim 2: ... to below this (1 = orthogonal equal-norm class m
 GRAM_OFF_DIAGONAL = 0.2  # claim 2: largest |cosine| between class means in the last Gram
 SETTLED_CHANGE = 0.05  # claim 4: mean balancedness and negativity moved at most this (relative)
 SETTLED_FROM = 0.75  # claim 4: ... between this fraction of the training epochs and the end
+# Beyond the paper (claims 5-7)
+EDGE_BAND = (0.8, 1.1)  # claim 5: batch sharpness / (2(1+beta)/eta) at the peak learning rate stays in this band
+EDGE_FROM = 0.5  # claim 5: ... over the evaluations from this fraction of the peak-lr evaluations on
+STABLE_AFTER_DROP = 1.1  # claim 5: after the drop the batch sharpness stays <= this x the new threshold
+PAPER_LINEAR_DEPTH = 5  # claim 6: the deepest head of the paper's Fig. 2
+DEEPER_GAIN = 0.1  # claim 6: a deeper head improves NC2 when it cuts NC2 - 1 by >= this fraction
 
 
 def spearman(x, y) -> float:
@@ -404,15 +412,306 @@ def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
     return _result(4, statement, rule, all(verdicts), evidence, "; ".join(deciding))
 
 
+# ---------------------------------------------------------------------------------------------
+# Beyond the paper: claims 5-7 (the figures stability_mnist, deep_head_mnist, width_mnist). Each
+# rule states an expectation; `passed` says whether it held, `deciding` what was seen either way.
+
+
+def _seed_mean_series(runs: list[Run], key: str) -> dict[int, float]:
+    """{epoch: mean over the runs of `key`} at the epochs where every run has a value."""
+    series = [dict(zip(*run.series(key))) for run in runs]
+    common = set.intersection(*(set(s) for s in series)) if series else set()
+    return {e: float(np.mean([s[e] for s in series])) for e in sorted(common)}
+
+
+def stability_phases(thresholds: dict[int, float]) -> tuple[list[int], list[int]]:
+    """(the evaluations at the peak learning rate, those after the drop) from the momentum
+    threshold 2(1+beta)/eta at each evaluated epoch (epoch 0 left out): the peak learning rate has
+    the smallest threshold; the warm-up (a larger threshold before it) belongs to neither, the
+    drop is a larger threshold after it."""
+    epochs = [e for e in sorted(thresholds) if e > 0 and math.isfinite(thresholds[e])]
+    if not epochs:
+        return [], []
+    smallest = min(thresholds[e] for e in epochs)
+    peak = [e for e in epochs if thresholds[e] <= smallest * (1 + 1e-6)]
+    after = [e for e in epochs if e > peak[-1]]
+    return peak, after
+
+
+def claim5_edge_of_stability(runs: list[Run]) -> dict:
+    statement = (
+        "Beyond the paper: SGD with heavy-ball momentum trains the MLP figure's network at the edge of "
+        "stability: after the warm-up its batch sharpness sits at the stability threshold 2(1+beta)/eta, "
+        "and after the learning-rate drop it stays below the new, higher threshold."
+    )
+    low, high = EDGE_BAND
+    rule = (
+        f"expectation (the edge of stochastic stability, Andreyev and Beneventano 2024, at heavy-ball's limit "
+        f"2(1+beta)/eta): on the mean over seeds at each evaluation, (a) at the peak learning rate (after the "
+        f"warm-up, before the drop), over the last {1 - EDGE_FROM:.0%} of those evaluations, the batch "
+        f"sharpness / (2(1+beta)/eta) stays within [{low:g}, {high:g}]; (b) at every evaluation after the drop it "
+        f"is <= {STABLE_AFTER_DROP:g}. PASS when both held; the full-batch sharpness (top Hessian eigenvalue of "
+        f"the regularised loss on the fixed subset) is reported beside it against the same threshold, and 2/eta "
+        f"is drawn for reference"
+    )
+    runs = [r for r in _ok(runs) if any(row.get(keys.SHARPNESS) is not None for row in r.history)]
+    if not runs:
+        return _result(5, statement, rule, None, {"runs": 0, "why": "no run with callbacks.metrics.extra.sharpness"})
+    threshold = _seed_mean_series(runs, keys.MOMENTUM_THRESHOLD)
+    batch = _seed_mean_series(runs, keys.BATCH_SHARPNESS)
+    full = _seed_mean_series(runs, keys.SHARPNESS)
+    peak, after = stability_phases(threshold)
+    judged = peak[int(len(peak) * EDGE_FROM) :] if peak else []
+    judged = [e for e in judged if e in batch]
+    if not judged:
+        return _result(5, statement, rule, None, {"runs": len(runs), "why": "no evaluation at the peak learning rate"})
+    ratio = {e: batch[e] / threshold[e] for e in batch if e in threshold}
+    full_ratio = {e: full[e] / threshold[e] for e in full if e in threshold}
+    edge = [ratio[e] for e in judged]
+    dropped = [ratio[e] for e in after if e in ratio]
+    at_edge = bool(low <= min(edge) and max(edge) <= high)
+    stable = bool(max(dropped) <= STABLE_AFTER_DROP) if dropped else None
+    checks = {f"batch sharpness within [{low:g}, {high:g}] x threshold at the peak lr": at_edge}
+    if stable is not None:
+        checks[f"batch sharpness <= {STABLE_AFTER_DROP:g} x the new threshold after the drop"] = stable
+    last_peak = peak[-1]
+    evidence = {
+        "runs": len(runs),
+        "checks": checks,
+        "peak_lr_epochs": peak,
+        "judged_epochs": judged,
+        "after_drop_epochs": after,
+        "threshold_momentum": threshold,
+        "batch_sharpness_ratio": ratio,
+        "sharpness_ratio": full_ratio,
+        "edge_ratio_range": [min(edge), max(edge)],
+        "sharpness_edge_ratio_range": _range([full_ratio[e] for e in judged if e in full_ratio]),
+        "after_drop_ratio_max": max(dropped) if dropped else None,
+        "sharpness_at_drop": full.get(last_peak),
+        "sharpness_final": full.get(max(full)) if full else None,
+        "batch_sharpness_at_drop": batch.get(last_peak),
+        "batch_sharpness_final": batch.get(max(batch)) if batch else None,
+    }
+    seen_edge = (
+        "at the edge"
+        if at_edge
+        else (
+            "below the edge"
+            if max(edge) < low
+            else ("above the edge" if min(edge) > high else "not steadily at the edge")
+        )
+    )
+    deciding = (
+        f"peak lr (epochs {', '.join(map(str, judged))}): batch sharpness {_span(edge)} x 2(1+beta)/eta "
+        f"= {threshold[judged[-1]]:.4g} ({seen_edge})"
+    )
+    if evidence["sharpness_edge_ratio_range"] is not None:
+        deciding += f", full-batch sharpness {_span(evidence['sharpness_edge_ratio_range'])} x"
+    if dropped:
+        rise = ""
+        if evidence["sharpness_at_drop"] and evidence["sharpness_final"]:
+            rise = (
+                f"; sharpness {evidence['sharpness_at_drop']:.4g} at the drop -> "
+                f"{evidence['sharpness_final']:.4g} at the end"
+            )
+        deciding += (
+            f"; after the drop (threshold {threshold[after[-1]]:.4g}): batch sharpness at most {max(dropped):.3g} x "
+            f"({'stable' if stable else 'ABOVE the new threshold'}){rise}"
+        )
+    else:
+        deciding += "; no evaluation after a learning-rate drop"
+    return _result(5, statement, rule, all(checks.values()), evidence, deciding)
+
+
+def claim6_deeper_heads(runs: list[Run]) -> dict:
+    statement = (
+        "Beyond the paper: past the paper's 5 linear layers (its Fig. 2), a deeper linear head still "
+        "improves NC2 (Section 5: deep linear heads are well conditioned), and the penultimate class "
+        "means keep their full rank K - 1 (no low-rank collapse, Súkeník, Lampert and Mondelli 2024)."
+    )
+    rule = (
+        f"expectation, for each weight decay on seed means: the deepest head cuts NC2(Z_(L-1)) - 1 by >= "
+        f"{DEEPER_GAIN:.0%} against the best head of <= {PAPER_LINEAR_DEPTH} layers, and the numerical rank of the "
+        f"centred class means of Z_(L-1) (rank/layer_(L-1): singular values > {keys.RANK_RTOL:g} s_1) is K - 1 at "
+        f"every depth (in every seed). PASS when both held. Reported either way: where NC2 stops improving (the "
+        f"shallowest depth past which no deeper head cuts NC2 - 1 by >= {DEEPER_GAIN:.0%} against the best up to "
+        f"it), the depths whose rank fell below K - 1, and the condition number of W_L at each depth"
+    )
+    runs = _ok(runs)
+    if not runs:
+        return _result(6, statement, rule, None, {"runs": 0})
+    K = int(runs[0].get("data.num_classes") or 10)
+    evidence, verdicts, deciding = {"runs": len(runs), "K": K, "by_weight_decay": {}}, [], []
+    for wd, by_depth in sorted(by_weight_decay_and_linear_depth(runs).items()):
+        depths = sorted(by_depth)
+        nc2 = [_final_mean(by_depth[d], keys.NC2, -1) for d in depths]
+        ranks = [_final_min(by_depth[d], keys.RANK, -1) for d in depths]
+        cond = [_final_mean(by_depth[d], keys.WEIGHT_COND, 0) for d in depths]
+        excess = [v - 1.0 for v in nc2]
+        shallow = [x for d, x in zip(depths, excess) if d <= PAPER_LINEAR_DEPTH]
+        deeper = depths[-1] > PAPER_LINEAR_DEPTH and bool(shallow)
+        gain = 1.0 - excess[-1] / min(shallow) if deeper and min(shallow) > 0 else np.nan
+        improves = bool(gain >= DEEPER_GAIN)  # NaN (no deeper head, no reference) fails
+        low_rank = [d for d, r in zip(depths, ranks) if not r >= K - 1]  # NaN (no rank logged) counts
+        stop = next(
+            (
+                d
+                for i, d in enumerate(depths)
+                if all(x > (1 - DEEPER_GAIN) * min(excess[: i + 1]) for x in excess[i + 1 :])
+            ),
+            depths[-1],
+        )
+        holds = improves and not low_rank
+        verdicts.append(holds)
+        evidence["by_weight_decay"][f"{wd:g}"] = {
+            "linear_depths": depths,
+            "nc2_penultimate": nc2,
+            "rank_penultimate_min": ranks,
+            "weight_cond_last": cond,
+            "gain_over_paper_range": gain,
+            "improves_past_paper_range": improves,
+            "stops_improving_at": stop,
+            "rank_below_K_minus_1_at": low_rank,
+            "holds": holds,
+        }
+        deciding.append(
+            f"wd {wd:g}: NC2(Z_(L-1)) "
+            + " -> ".join(f"{v:.3g}" for v in nc2)
+            + f" for {depth_list(depths)} linear layers; the deepest cuts NC2 - 1 by {gain:.0%} against the best of "
+            f"<= {PAPER_LINEAR_DEPTH} ({'still improving' if improves else 'NOT improving'}), "
+            + (
+                f"NC2 stops improving at {stop} layers"
+                if stop != depths[-1]
+                else f"NC2 did not stop improving up to {stop} layers"
+            )
+            + "; rank of the penultimate class means "
+            + ", ".join(f"{r:g}" for r in ranks)
+            + (f" (below K - 1 = {K - 1} at {depth_list(low_rank)})" if low_rank else f" (K - 1 = {K - 1} everywhere)")
+            + "; cond(W_L) "
+            + ", ".join(f"{c:.3g}" for c in cond)
+        )
+    return _result(6, statement, rule, all(verdicts), evidence, "; ".join(deciding))
+
+
+def _final_value(run: Run, family: str, offset: int) -> float:
+    """The final value of `family` at layer L + offset (-1: the penultimate features Z_(L-1), 0: the
+    last layer); NaN where it is missing."""
+    return _none_nan(run.final.get(keys.layer(family, run.num_layers + offset)))
+
+
+def _final_mean(runs: list[Run], family: str, offset: int) -> float:
+    return float(np.mean([_final_value(r, family, offset) for r in runs]))
+
+
+def _final_min(runs: list[Run], family: str, offset: int) -> float:
+    """The smallest final value over the runs; NaN if any run lacks it (the rule then fails)."""
+    return float(np.min([_final_value(r, family, offset) for r in runs]))
+
+
+def first_width(run: Run) -> int:
+    """n1, the width of the first layer (model.width: one int, or a list whose first item it is)."""
+    width = run.get("model.width")
+    return int(width[0] if isinstance(width, list) else width)
+
+
+def num_samples(run: Run) -> int:
+    """N, the training samples of a run (summary.json's num_train, else num_per_class x K)."""
+    n = run.summary.get("num_train")
+    if n is None:
+        n = int(run.get("data.num_per_class")) * int(run.get("data.num_classes") or 10)
+    return int(n)
+
+
+def claim7_width(runs: list[Run]) -> dict:
+    statement = (
+        "Beyond the paper: Theorem 4.4 assumes a first layer at least as wide as the training set "
+        "(n1 >= N); collapse does not need it: networks with n1 < N collapse as those with n1 >= N do."
+    )
+    rule = (
+        f"collapsed = on seed means, the final NC1 of Z_(L-1) < {NC1_COLLAPSED} and the final balancedness of every "
+        f"linear pair < {LINEAR_BALANCED} (claims 2 and 1's bounds). Expectation: every width n1 < N of the sweep "
+        "collapses. PASS when it held; the deciding numbers say whether collapse needed n1 >= N (the widths below N "
+        "failed where those >= N collapsed), or whether not even n1 >= N collapsed (inconclusive)"
+    )
+    runs = _ok(runs)
+    if not runs:
+        return _result(7, statement, rule, None, {"runs": 0})
+    N = num_samples(runs[0])
+    by_width: dict[int, list[Run]] = {}
+    for run in runs:
+        by_width.setdefault(first_width(run), []).append(run)
+    widths = sorted(by_width)
+    per_width = {}
+    for n1 in widths:
+        group = by_width[n1]
+        L1, L = group[0].nonlinear_depth, group[0].num_layers
+        nc1 = float(np.mean([_none_nan(r.final.get(keys.layer(keys.NC1, L - 1))) for r in group]))
+        pairs = list(range(L1 + 1, L))
+        bal = float(np.mean([np.max([_final(r, l) for l in pairs]) for r in group])) if pairs else np.nan
+        per_width[n1] = {
+            "n1_over_N": n1 / N,
+            "seeds": len(group),
+            "nc1_penultimate": nc1,
+            "linear_balancedness_max": bal,
+            "collapsed": bool(nc1 < NC1_COLLAPSED and bal < LINEAR_BALANCED),
+        }
+    below = [n1 for n1 in widths if n1 < N]
+    wide = [n1 for n1 in widths if n1 >= N]
+    evidence = {"runs": len(runs), "N": N, "widths": widths, "by_width": per_width}
+    if not below:
+        return _result(7, statement, rule, None, {**evidence, "why": f"no width n1 < N = {N} in the sweep"})
+    below_ok = all(per_width[n1]["collapsed"] for n1 in below)
+    wide_ok = bool(wide) and all(per_width[n1]["collapsed"] for n1 in wide)
+    collapsed = [n1 for n1 in widths if per_width[n1]["collapsed"]]
+    if below_ok:
+        outcome = f"collapse did not need n1 >= N: every n1 < N collapsed (from n1 = {below[0]} = N/{N / below[0]:.3g})"
+    elif wide_ok:
+        smallest = min(n1 for n1 in widths if all(per_width[w]["collapsed"] for w in widths if w >= n1))
+        outcome = f"collapse needed a wide first layer here: from n1 = {smallest} ({smallest / N:.3g} N) on"
+    else:
+        outcome = "inconclusive: not every n1 >= N collapsed either"
+    evidence.update({"outcome": outcome, "collapsed_widths": collapsed})
+    deciding = (
+        f"N = {N}: "
+        + "; ".join(
+            f"n1 = {n1} ({per_width[n1]['n1_over_N']:.3g} N): NC1 {per_width[n1]['nc1_penultimate']:.3g}, "
+            f"balancedness {per_width[n1]['linear_balancedness_max']:.3g}"
+            for n1 in widths
+        )
+        + f"; {outcome}"
+    )
+    return _result(7, statement, rule, below_ok, evidence, deciding)
+
+
+def _span(values: list[float]) -> str:
+    """`0.81-1.02` (the smallest and largest of `values`), or one number when they are equal."""
+    lo, hi = min(values), max(values)
+    return f"{lo:.3g}" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g}-{hi:.3g}"
+
+
+def _range(values: list[float]) -> list[float] | None:
+    return [min(values), max(values)] if values else None
+
+
+def _none_nan(value) -> float:
+    return np.nan if value is None else float(value)
+
+
 # claim -> its rule applied to one figure's runs (claim 1 compares the figure's plotted layers)
 CLAIMS = {
     1: lambda runs, figure: claim1_linear_head_balances(runs, figure.first_plotted_layer),
     2: lambda runs, figure: claim2_collapse(runs),
     3: lambda runs, figure: claim3_nc2_improves_with_linear_depth(runs),
     4: lambda runs, figure: claim4_deeper_is_more_linear(runs),
+    5: lambda runs, figure: claim5_edge_of_stability(runs),
+    6: lambda runs, figure: claim6_deeper_heads(runs),
+    7: lambda runs, figure: claim7_width(runs),
 }
 
 
 def judge(figure, runs: list[Run]) -> list[dict]:
-    """Every claim the figure (a figures.FigureSpec) is judged by, decided on its runs."""
-    return [{"figure": figure.name, **CLAIMS[claim](runs, figure)} for claim in figure.claims]
+    """Every claim the figure (a figures.FigureSpec) is judged by, decided on its runs; `beyond`
+    says whether the figure is an experiment the paper did not run."""
+    return [
+        {"figure": figure.name, "beyond": bool(figure.beyond), **CLAIMS[claim](runs, figure)} for claim in figure.claims
+    ]

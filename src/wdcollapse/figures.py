@@ -3,6 +3,11 @@ once, with its experiment config, its plotter, the claims it is judged by, what 
 of its settings (FIGURES) and, per preset, the runs it sweeps (preset_sweeps: read from
 conf/reproduce/<preset>.yaml, where each figure's settings sit beside the ASSUMPTION and
 REDUCTION notes that explain them). docs/claims.md describes all of it in prose.
+
+Three figures are experiments the paper did not run (`beyond=True`: stability_mnist,
+deep_head_mnist, width_mnist): a preset lists them under its own `beyond:` key, next to
+`figures:`, and `wdcollapse-reproduce --beyond` (make reproduce BEYOND=1) or `--only NAME` runs
+them; the report labels them "beyond the paper".
 """
 
 from __future__ import annotations
@@ -45,10 +50,15 @@ class FigureSpec:
     open_architecture: tuple[str, ...] = ()  # architecture settings the paper leaves open here
     theorem31: bool = False  # Theorem 3.1's bound is checked on this figure's runs
     balancing_rate: bool = False  # Theorem 4.4's phase-2 balancing rate is checked (theory.json)
+    beyond: bool = False  # an experiment the paper did not run: a preset's `beyond:` key, run with --beyond
 
     @property
     def ours(self) -> bool:
         return self.paper_figure is None
+
+
+BEYOND_LABEL = "beyond the paper"  # how the report, the figures' titles and W&B label a beyond figure
+BEYOND_KEY = "beyond"  # conf/reproduce/<preset>.yaml: the beyond figures' sweeps, next to `figures:`
 
 
 FIGURES: dict[str, FigureSpec] = {
@@ -121,6 +131,38 @@ FIGURES: dict[str, FigureSpec] = {
                 "model.activation_kwargs",
             ),
         ),
+        # Beyond the paper (issue 33; docs/claims.md, "Beyond the paper"): claims 5-7.
+        FigureSpec(
+            "stability_mnist",
+            "Beyond the paper: sharpness of the MLP figure's network against 2(1+beta)/eta",
+            None,
+            plotter("stability"),
+            claims=(5,),
+            beyond=True,
+        ),
+        FigureSpec(
+            "deep_head_mnist",
+            "Beyond the paper: linear heads of up to 10 layers (5 ReLU layers, MNIST)",
+            None,
+            plotter("deep_head"),
+            claims=(6,),
+            beyond=True,
+            open_architecture=("model.nonlinear_depth", "model.linear_depth"),
+        ),
+        FigureSpec(
+            "width_mnist",
+            "Beyond the paper: first-layer width n1 against N in Theorem 4.4's setting",
+            None,
+            plotter("width"),
+            claims=(7,),
+            beyond=True,
+            open_architecture=(
+                "model.nonlinear_depth",
+                "model.linear_depth",
+                "model.activation",
+                "model.activation_kwargs",
+            ),
+        ),
     )
 }
 
@@ -159,6 +201,11 @@ class FigureSweep:
     def spec(self) -> FigureSpec:
         return figure_spec(self.experiment)
 
+    @property
+    def beyond(self) -> bool:
+        """Whether this is an experiment the paper did not run (its registry entry says)."""
+        return self.spec.beyond
+
 
 def preset_notice(preset: str) -> str | None:
     """What a preset's reproduction is for, when its verdicts are not to be read as results (the
@@ -183,20 +230,31 @@ def _preset_node(preset: str):
     return spec if base is None else OmegaConf.merge(_preset_node(str(base)), spec)
 
 
-def preset_sweeps(preset: str) -> tuple[int, list[FigureSweep]]:
-    """(parallel jobs, each figure's sweep) of a preset: conf/reproduce/<preset>.yaml."""
+def preset_sweeps(preset: str, beyond: bool = False) -> tuple[int, list[FigureSweep]]:
+    """(parallel jobs, each figure's sweep) of a preset: conf/reproduce/<preset>.yaml's `figures`,
+    then, with `beyond`, its `beyond` figures (the experiments the paper did not run). A figure
+    under the wrong key (a beyond figure under `figures`, or a paper figure under `beyond`) is an
+    error naming it."""
     spec = preset_spec(preset)
-    for f in spec["figures"].values():
-        figure_spec(f["experiment"])  # every figure's plotter and claims are registered
-    figures = [
-        FigureSweep(
-            name,
-            f["experiment"],
-            {k: str(v) for k, v in f.get("sweep", {}).items()},
-            list(f.get("overrides", [])),
-            f.get("needs"),
-            bool(f.get("use_preset", True)),
-        )
-        for name, f in spec["figures"].items()
-    ]
+    sections = [("figures", False)] + ([(BEYOND_KEY, True)] if beyond else [])
+    figures = []
+    for section, is_beyond in sections:
+        for name, f in (spec.get(section) or {}).items():
+            registered = figure_spec(f["experiment"])  # every figure's plotter and claims are registered
+            if registered.beyond != is_beyond:
+                where = f"`{BEYOND_KEY}:`" if registered.beyond else "`figures:`"
+                raise SystemExit(
+                    f"error: conf/reproduce/{preset}.yaml lists {name} (experiment {f['experiment']}) under "
+                    f"`{section}:`; it belongs under {where}"
+                )
+            figures.append(
+                FigureSweep(
+                    name,
+                    f["experiment"],
+                    {k: str(v) for k, v in f.get("sweep", {}).items()},
+                    list(f.get("overrides", [])),
+                    f.get("needs"),
+                    bool(f.get("use_preset", True)),
+                )
+            )
     return int(spec.get("jobs", 2)), figures

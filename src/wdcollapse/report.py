@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import claims, fits, theorems
-from .figures import FIGURES
+from .figures import BEYOND_LABEL, FIGURES
 from .io import atomic_write_json, atomic_write_text, read_json
 from .runfiles import RunFiles
 from .runs import Run
@@ -25,6 +25,7 @@ UNKNOWN_IN_PAPER = [
     "loss.mse_reduction",
 ]
 OURS = "n/a (our experiment, not a paper figure)"
+BEYOND = f"n/a ({BEYOND_LABEL})"
 NULL_MEANS = {
     "data.num_per_class": "full training set",
     "data.test_num_per_class": "whole test set",
@@ -61,21 +62,22 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
     paper = spec.paper
     rows = []
     ours_experiment = spec.ours
+    ours = BEYOND if getattr(spec, "beyond", False) else OURS
     for key in ALWAYS_SHOWN + [k for k in paper if k not in ALWAYS_SHOWN and k != "seeds"]:
-        stated = OURS if ours_experiment else paper.get(key, REPORTED.get(key, "not stated"))
+        stated = ours if ours_experiment else paper.get(key, REPORTED.get(key, "not stated"))
         rows.append((key, str(stated), values_of(runs, key)))
     seeds = sorted({r.config.get("seed") for r in runs})
     rows.append(
         (
             "seeds",
-            OURS if ours_experiment else str(paper.get("seeds", "not stated")),
+            ours if ours_experiment else str(paper.get("seeds", "not stated")),
             f"{len(seeds)} ({', '.join(map(str, seeds))})",
         )
     )
     for key in UNKNOWN_IN_PAPER + list(spec.open_architecture):
-        rows.append((key, OURS if ours_experiment else "not stated (ASSUMPTION)", values_of(runs, key)))
+        rows.append((key, ours if ours_experiment else "not stated (ASSUMPTION)", values_of(runs, key)))
     if any(r.get("optim.trunk_weight_decay") is not None for r in runs):  # only where a figure sets it
-        stated = OURS if ours_experiment else "optim.weight_decay on every parameter (presumably)"
+        stated = ours if ours_experiment else "optim.weight_decay on every parameter (presumably)"
         rows.append(("optim.trunk_weight_decay", stated, values_of(runs, "optim.trunk_weight_decay")))
     return rows
 
@@ -207,13 +209,31 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
         "| figure | claim | verdict | deciding numbers |",
         "|---|---|---|---|",
     ]
-    for c in decided:
+
+    def row(c) -> str:
         why = c["evidence"].get("why", "")
-        lines.append(f"| {c['figure']} | {c['claim']} | **{verdict(c['passed'])}** | {c['deciding'] or why} |")
+        return f"| {c['figure']} | {c['claim']} | **{verdict(c['passed'])}** | {c['deciding'] or why} |"
+
+    lines += [row(c) for c in decided if not c.get("beyond")]
+    beyond = [c for c in decided if c.get("beyond")]
+    if beyond:
+        lines += [
+            "",
+            f"### Verdicts {BEYOND_LABEL}",
+            "",
+            f"*{BEYOND_LABEL.capitalize()}*: experiments the paper did not run (`make reproduce BEYOND=1`). Each "
+            "rule states an expectation; PASS says it held, FAIL that it did not, and the deciding numbers say what "
+            f'was seen either way ([{doc}]({doc}), "Beyond the paper").',
+            "",
+            "| figure | claim | verdict | deciding numbers |",
+            "|---|---|---|---|",
+            *(row(c) for c in beyond),
+        ]
     lines += ["", "## Claims", ""]
     for c in decided:
+        label = f" ({BEYOND_LABEL})" if c.get("beyond") else ""
         lines += [
-            f"### {c['figure']}, claim {c['claim']}: **{verdict(c['passed'])}**",
+            f"### {c['figure']}, claim {c['claim']}{label}: **{verdict(c['passed'])}**",
             "",
             c["statement"],
             "",
@@ -260,7 +280,8 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
     for name, rows in settings.items():
         if not rows:
             continue
-        lines += [f"### {name}", "", "| setting | paper | here |", "|---|---|---|"]
+        label = f" ({BEYOND_LABEL})" if FIGURES.get(name) is not None and FIGURES[name].beyond else ""
+        lines += [f"### {name}{label}", "", "| setting | paper | here |", "|---|---|---|"]
         lines += [f"| `{k}` | {p} | {h} |" for k, p, h in rows]
         lines.append("")
     lines += ["## Figures", ""] + [f"- `figures/{p.name}`" for p in sorted((out / "figures").glob("*.png"))]

@@ -5,6 +5,7 @@ claims report.
     make reproduce PRESET=smoke                     # the whole pipeline in minutes
     make reproduce PRESET=paper                     # the paper's settings (meant for a GPU)
     make reproduce CIFAR=path/to/cifar10-jpg.tar.gz     # also the CIFAR-10 figures
+    make reproduce BEYOND=1                         # also the experiments the paper did not run (--beyond)
     python -m wdcollapse.reproduce --preset cpu --only mlp_mnist --plots-only
 
 Outputs go to outputs/reproduce/<preset>/: runs/<figure>/<overrides>/ (one run directory per
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from .config import default_data_dir
 from .errors import ConfigError
-from .figures import FigureSweep, preset_notice, preset_sweeps
+from .figures import BEYOND_LABEL, FigureSweep, preset_notice, preset_sweeps
 from .io import hold_directory
 from .runs import Run, load_runs
 
@@ -221,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="CIFAR-10 for the CIFAR figures: an image folder, the cifar10-jpg tarball, or 'torchvision'",
     )
+    parser.add_argument(
+        "--beyond",
+        action="store_true",
+        help=f"also the figures {BEYOND_LABEL} (the preset's `beyond:` figures: stability, deeper heads, width; "
+        "make reproduce BEYOND=1); without it they run only when --only names them",
+    )
     parser.add_argument("--plots-only", action="store_true", help="re-plot and re-report from existing runs")
     parser.add_argument(
         "--wandb",
@@ -240,14 +247,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def reproduce(args: argparse.Namespace) -> int:
     """Train what the preset's figures still need, then draw, report and log them (main's work)."""
-    jobs, figures = preset_sweeps(args.preset)
+    jobs, every = preset_sweeps(args.preset, beyond=True)
     notice = preset_notice(args.preset)
     jobs = args.jobs or jobs
     out = Path(args.out) if args.out else Path("outputs") / "reproduce" / args.preset
     if args.only is not None:
-        unknown = set(args.only) - {f.name for f in figures}
+        unknown = set(args.only) - {f.name for f in every}
         if unknown:
-            raise SystemExit(f"error: unknown figure(s) {sorted(unknown)}; choose from {[f.name for f in figures]}")
+            raise SystemExit(f"error: unknown figure(s) {sorted(unknown)}; choose from {[f.name for f in every]}")
+    # The figures beyond the paper take part with --beyond, when --only names them, or (reported, not
+    # trained) when the folder already holds their runs; otherwise they are left out, not skipped.
+    named = set(args.only or ())
+    figures = [f for f in every if not f.beyond or args.beyond or f.name in named or figure_runs(out, f)]
+    left_out = [f.name for f in every if f not in figures]
     out.mkdir(parents=True, exist_ok=True)
     try:  # one reproduction per folder at a time: two would train the same runs and mix the report
         lock = hold_directory(
@@ -258,7 +270,10 @@ def reproduce(args: argparse.Namespace) -> int:
     if notice:
         print(f"\n*** {notice}\n", flush=True)
     # --only limits what trains; the figures and the report cover every figure with runs.
-    to_run = figures if args.only is None else [f for f in figures if f.name in args.only]
+    if args.only is None:
+        to_run = [f for f in figures if not f.beyond or args.beyond]
+    else:
+        to_run = [f for f in figures if f.name in args.only]
     cifar = cifar_overrides(args.cifar, default_data_dir())
 
     start = time.time()
@@ -289,12 +304,15 @@ def reproduce(args: argparse.Namespace) -> int:
         print(f"W&B: {len(logged)} figure runs under {out / 'wandb'} ({args.wandb})")
     print(f"\nfigures: {out / 'figures'} ({len(made)} files)")
     for claim in report["claims"]:
+        label = f" ({BEYOND_LABEL})" if claim.get("beyond") else ""
         print(
-            f"{claim['figure']}, claim {claim['claim']}: {verdict(claim['passed'], 'n/a')}  "
+            f"{claim['figure']}, claim {claim['claim']}{label}: {verdict(claim['passed'], 'n/a')}  "
             f"{claim['deciding'] or claim['evidence'].get('why', '')}"
         )
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
+    if left_out:
+        print(f"{BEYOND_LABEL}: {', '.join(left_out)} run with --beyond (make reproduce BEYOND=1)")
     print(f"report: {out / 'REPORT.md'}  ({(time.time() - start) / 60:.1f} min)")
     if notice:
         print(f"\n*** {notice}")

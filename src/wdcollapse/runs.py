@@ -46,10 +46,14 @@ class Run:
         return self.history[-1] if self.history else {}
 
     def get(self, key: str):
-        """A config value by dotted key (`optim.lr`); None if absent."""
+        """A config value by dotted key (`optim.lr`; a list's item by its index, as Hydra's
+        overrides name it: `model.width.0`); None if absent."""
         node = self.config
         for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, list) and part.isdigit():
+                node = node[int(part)] if int(part) < len(node) else None
+            else:
+                node = node.get(part) if isinstance(node, dict) else None
         return node
 
     def series(self, key: str) -> tuple[list[int], list[float]]:

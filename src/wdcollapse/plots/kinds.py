@@ -42,3 +42,26 @@ def theory(runs: list, stem: Path, spec) -> list[Path]:
     if finished:
         made += plot_two_phases(finished[0], f"{stem}_phases", spec.title)
     return made
+
+
+def stability(runs: list, stem: Path, spec) -> list[Path]:
+    """Beyond the paper: the sharpness and the batch sharpness over training against 2(1+beta)/eta
+    and 2/eta, the learning-rate drop marked (stability_mnist, claim 5)."""
+    from .beyond import plot_stability
+
+    return plot_stability(runs, stem, spec.title)
+
+
+def deep_head(runs: list, stem: Path, spec) -> list[Path]:
+    """Beyond the paper: NC2, cond(W_L) and the penultimate class means' rank against a linear head's
+    depth past the paper's 5 layers (deep_head_mnist, claim 6)."""
+    from .beyond import plot_deep_head
+
+    return plot_deep_head(runs, stem, spec.title)
+
+
+def width(runs: list, stem: Path, spec) -> list[Path]:
+    """Beyond the paper: final NC1 and linear-head balancedness against n1 / N (width_mnist, claim 7)."""
+    from .beyond import plot_width
+
+    return plot_width(runs, stem, spec.title)
