@@ -131,7 +131,7 @@ FIGURES: dict[str, FigureSpec] = {
                 "model.activation_kwargs",
             ),
         ),
-        # Beyond the paper (issue 33; docs/claims.md, "Beyond the paper"): claims 5-7.
+        # Beyond the paper (docs/claims.md, "Beyond the paper"): claims 5-7.
         FigureSpec(
             "stability_mnist",
             "Beyond the paper: sharpness of the MLP figure's network against 2(1+beta)/eta",
