@@ -237,3 +237,16 @@ def test_a_sweeper_that_reads_values_needs_an_objective(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("error: objective.names=None is not allowed: a name or a list of names with")
     assert not list((tmp_path / "sweep").rglob("*"))  # refused before Hydra wrote anything
+
+
+def test_the_search_runs_on_a_cluster_through_the_slurm_launcher():
+    """search=mlp_recipe with hydra/launcher=slurm composes: the Optuna sweeper with its stored study,
+    and submitit's SLURM launcher running the trials (the search's joblib launcher replaced)."""
+    cfg = compose_train(
+        "search=mlp_recipe", "hydra/launcher=slurm", "hydra.launcher.partition=a100", return_hydra_config=True
+    )
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.partition == "a100"
+    assert cfg.hydra.sweeper.storage == f"sqlite:///{cfg.hydra.sweep.dir}/study.db"
+    assert list(cfg.objective.names) == ["balancedness", "wall_seconds"]
+    assert list(cfg.hydra.sweeper.direction) == ["minimize", "minimize"]
