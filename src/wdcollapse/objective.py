@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from . import keys
+from .claims import LINEAR_BALANCED
 from .io import read_json, read_jsonl
 from .names import ObjectiveName, names
 from .runfiles import RunFiles
@@ -29,7 +30,7 @@ from .runfiles import RunFiles
 log = logging.getLogger("wdcollapse")
 
 OBJECTIVES: tuple[str, ...] = names(ObjectiveName)
-BALANCED_BELOW = 0.1  # claim 1's bound on the final balancedness of the linear pairs (claims.LINEAR_BALANCED)
+BALANCED_BELOW = LINEAR_BALANCED  # claim 1's bound on the final balancedness of the linear pairs
 FAILED = 1.0e9  # finite: Optuna 2.10's multi-objective TPE draws from NaN weights when a value is inf
 
 

@@ -98,12 +98,12 @@ def prepare(cfg: DictConfig, out_dir: Path) -> dict | None:
     files = RunFiles(out_dir)
     previous = read_json(files.summary) or {}
     finished = previous.get("status") in TERMINAL
-    if cfg.resume == "auto" and (finished or resume_checkpoint(cfg, out_dir)):
+    ckpt = resume_checkpoint(cfg, out_dir)
+    if cfg.resume == "auto" and (finished or ckpt):
         check_same_run(cfg, files.config)
     if finished and cfg.resume == "auto":
         log.info("%s already %s; skipping", out_dir, previous["status"])
         return previous
-    ckpt = resume_checkpoint(cfg, out_dir)
     if ckpt is None:
         # What a run killed before its first checkpoint (or an older run) left cannot be continued:
         # its summary goes too, so the new run neither keeps its start time nor adds to its seconds.
