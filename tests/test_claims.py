@@ -224,6 +224,31 @@ def test_claim3_and_claim4_follow_the_direction_of_the_trend():
     assert result["passed"] is True and result["evidence"]["every_seed_alone_shows_the_trend"] is False
     assert result["evidence"]["by_seed"][1]["holds"] is False and result["evidence"]["by_seed"][0]["holds"] is True
     assert "seed 1 does NOT show it" in result["deciding"]
+
+    # settling is judged on each point's seed means, like the trend: seed 0 still falls 12% over the
+    # last quarter and seed 1 rises as much, their mean moved 0%: settled, and the report counts
+    # the runs that settled alone
+    def drifting(d, drift, seed):
+        return seeded(depth_run(d, 1.0 / d, drift=drift), seed)
+
+    opposite = [drifting(d, drift, s) for s, drift in ((0, 0.004), (1, -0.004)) for d in (4, 8, 12)]
+    result = claims.claim4_deeper_is_more_linear(opposite)
+    assert result["passed"] is True and result["evidence"]["settled"] is True
+    assert result["evidence"]["largest_change_over_last_quarter"] == pytest.approx(0.0, abs=1e-12)
+    each = result["evidence"]["each_run_alone"]
+    assert each["settled"] == 0 and each["runs"] == 6
+    assert each["largest_change_over_last_quarter"] == pytest.approx(0.12)
+    assert "every point's seed mean settled" in result["deciding"]
+    assert "each run alone: 0 of 6 moved <= 5% (largest 12.0%)" in result["deciding"]
+    # both seeds still falling: their mean moves too, and the claim has no verdict for the trend
+    together = [drifting(d, 0.004, s) for s in (0, 1) for d in (4, 8, 12)]
+    result = claims.claim4_deeper_is_more_linear(together)
+    assert result["passed"] is False and result["evidence"]["settled"] is False
+    assert result["evidence"]["change_over_last_quarter"]["lr 0.01, 12 ReLU layers"] == pytest.approx(0.12)
+    assert "NOT every point's seed mean settled (largest change 12.0%)" in result["deciding"]
+    # only one point moving (the deepest, 6% on its seed mean): that alone fails it
+    one_point = [drifting(d, 0.002 if d == 12 else 0.0, s) for s in (0, 1) for d in (4, 8, 12)]
+    assert claims.claim4_deeper_is_more_linear(one_point)["passed"] is False
     # one seed: nothing more to say
     assert (
         "each seed alone"

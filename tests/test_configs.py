@@ -265,3 +265,55 @@ def test_the_figures_beyond_the_paper_are_a_presets_own_key_taken_only_when_aske
     with mock.patch.object(figures, "preset_spec", return_value=spec):
         with pytest.raises(SystemExit, match="under `figures:`; it belongs under `beyond:`"):
             preset_sweeps("smoke")
+
+
+def test_bf16_autocast_only_where_bf16_is_native(monkeypatch):
+    """`${bf16_where_native:...}` picks bf16-mixed on a CUDA GPU with bf16 or a CPU with AVX512-BF16
+    or AMX, float32 elsewhere (an AVX2 CPU emulates bf16, 10x slower than float32)."""
+    import torch
+
+    from wdcollapse import config
+
+    def cpu_has(bf16: bool, amx: bool = False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu_has(False)
+    assert config.bf16_where_native("auto") == config.bf16_where_native("cpu") == "32-true"
+    assert config.bf16_where_native("gpu") == "32-true"  # asked for a GPU where there is none
+    cpu_has(True)
+    assert config.bf16_where_native("auto") == config.bf16_where_native("cpu") == "bf16-mixed"
+    cpu_has(False, amx=True)
+    assert config.bf16_where_native("cpu") == "bf16-mixed"
+    # a GPU: its own bf16 support decides, not the CPU's; accelerator=cpu still asks the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cpu_has(False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert config.bf16_where_native("auto") == config.bf16_where_native("cuda") == "bf16-mixed"
+    assert config.bf16_where_native("cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert config.bf16_where_native("auto") == "32-true"
+
+
+@pytest.mark.parametrize("preset", ["cpu", "full"])
+def test_the_presets_ask_for_bf16_only_where_it_is_native(preset):
+    """No preset hard-codes bf16-mixed (10x slower on a CPU without native bf16); each figure that
+    asks for bf16 resolves to what this machine runs natively, and the run's config records it."""
+    from wdcollapse.config import bf16_where_native
+    from wdcollapse.figures import preset_sweeps
+
+    text = (CONF / "reproduce" / f"{preset}.yaml").read_text() + (CONF / "search" / "mlp_recipe.yaml").read_text()
+    assert "precision=bf16-mixed" not in text and "precision: bf16-mixed" not in text
+    asked = 0
+    for figure in preset_sweeps(preset, beyond=True)[1]:
+        first = [f"{k}={str(v).split(',')[0]}" for k, v in figure.sweep.items()]
+        preset_arg = [f"preset={preset}"] if figure.use_preset else []
+        cfg = job_cfg(f"experiment={figure.experiment}", *preset_arg, *first, *figure.overrides)
+        precision = OmegaConf.to_container(cfg, resolve=True)["trainer"]["precision"]
+        if any("bf16_where_native" in o for o in figure.overrides):
+            asked += 1
+            assert precision == bf16_where_native(cfg.trainer.accelerator), figure.name
+        else:
+            assert precision == "32-true", figure.name
+    assert asked >= 5

@@ -297,19 +297,31 @@ def claim3_nc2_improves_with_linear_depth(runs: list[Run]) -> dict:
     return _result(3, statement, rule, all(verdicts), evidence, "; ".join(deciding))
 
 
-def settled_change(run: Run) -> float:
-    """The largest relative change of the non-linear layers' mean balancedness and mean
-    negativity between the last evaluation at or before SETTLED_FROM of the run's epochs and the
-    end; NaN when no evaluation lies that early (other than at initialisation)."""
+def _settling_rows(run: Run) -> tuple[dict, dict] | None:
+    """(the non-linear-depth point at the last evaluation at or before SETTLED_FROM of the run's
+    epochs, the point at the end); None when no evaluation lies that early (other than at
+    initialisation)."""
     final_epoch = run.final.get("epoch", 0)
     earlier = [r for r in run.history if 0 < r["epoch"] <= SETTLED_FROM * final_epoch]
     if not earlier:
+        return None
+    return nonlinear_depth_point(run, earlier[-1]), nonlinear_depth_point(run)
+
+
+def settled_change(runs: Run | list[Run]) -> float:
+    """The largest relative change of the non-linear layers' mean balancedness and mean
+    negativity between the last evaluation at or before SETTLED_FROM of the epochs and the end,
+    on the mean over `runs` (the seeds of one point of the figure; one run: that run's own
+    change). NaN when a run has no evaluation that early (other than at initialisation)."""
+    runs = [runs] if isinstance(runs, Run) else list(runs)
+    rows = [_settling_rows(run) for run in runs]
+    if not runs or any(r is None for r in rows):
         return float("nan")
-    before, after = nonlinear_depth_point(run, earlier[-1]), nonlinear_depth_point(run)
-    changes = [
-        abs(after[k] - before[k]) / abs(after[k]) if after[k] else np.inf
-        for k in ("balancedness_mean", "negativity_mean")
-    ]
+    changes = []
+    for k in ("balancedness_mean", "negativity_mean"):
+        before = float(np.mean([b[k] for b, _ in rows]))
+        after = float(np.mean([a[k] for _, a in rows]))
+        changes.append(abs(after - before) / abs(after) if after else np.inf)
     return float(np.max(changes))  # a NaN (no such layer value) propagates and fails the rule
 
 
@@ -355,29 +367,43 @@ def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
         "(balancedness and negativity of the non-linear layers fall with depth)."
     )
     rule = (
-        f"every run has settled (its mean balancedness and mean negativity moved <= {SETTLED_CHANGE:.0%} "
-        f"between {SETTLED_FROM:.0%} of its epochs and the end); then for each learning rate, on seed means: "
+        f"every point of the figure has settled (on the mean over its seeds, the mean balancedness and mean "
+        f"negativity of the non-linear layers moved <= {SETTLED_CHANGE:.0%} between {SETTLED_FROM:.0%} of the "
+        f"epochs and the end; with one seed, every run); then for each learning rate, on seed means: "
         "Spearman correlation with non-linear depth < 0 for both the mean balancedness and the mean "
         "negativity of the non-linear layers, and both lower at the deepest network than at the shallowest. "
         "The minima over the layers (the figure's other lines) are judged the same way and reported; "
         "where they do not fall, the report names the discrepancy with the paper's figure. With several seeds, "
-        "the report also says whether each seed alone shows the trend (the same rule on its runs; it does not "
-        "decide the verdict)"
+        "the report also says whether each seed alone shows the trend and how many runs settled alone (the same "
+        "rules on each seed's or run's values; they do not decide the verdict)"
     )
     runs = _ok(runs)
     if not runs:
         return _result(4, statement, rule, None, {"runs": 0})
-    values = [settled_change(r) for r in runs]
-    settled = bool(np.all(np.array(values) <= SETTLED_CHANGE))  # NaN fails
+    # settling, judged like the trend on each point's seed means; each run alone is reported
+    points = {
+        f"lr {lr:g}, {depth} ReLU layers": by_depth[depth]
+        for lr, by_depth in sorted(by_lr_and_nonlinear_depth(runs).items())
+        for depth in sorted(by_depth)
+    }
+    point_changes = {name: settled_change(point) for name, point in points.items()}
+    settled = bool(np.all(np.array(list(point_changes.values())) <= SETTLED_CHANGE))  # NaN fails
     names = [r.path.name for r in runs]
     if len(set(names)) < len(names):
         names = [f"{i}: {name}" for i, name in enumerate(names)]
-    changes = dict(zip(names, values))
+    run_changes = dict(zip(names, [settled_change(r) for r in runs]))
+    alone = np.array(list(run_changes.values()))
     evidence = {
         "runs": len(runs),
         "settled": settled,
-        "largest_change_over_last_quarter": float(np.max(values)),
-        "change_over_last_quarter": changes,
+        "largest_change_over_last_quarter": float(np.max(list(point_changes.values()))),
+        "change_over_last_quarter": point_changes,
+        "each_run_alone": {
+            "settled": int(np.sum(alone <= SETTLED_CHANGE)),
+            "runs": len(runs),
+            "largest_change_over_last_quarter": float(np.max(alone)),
+            "change_over_last_quarter": run_changes,
+        },
         "by_lr": {},
     }
     verdicts, deciding, minima_fall = [settled], [], []
@@ -404,11 +430,19 @@ def claim4_deeper_is_more_linear(runs: list[Run]) -> dict:
     alone = [f"seed {seed} {'shows' if e['holds'] else 'does NOT show'} it" for seed, e in evidence["by_seed"].items()]
     if len(alone) > 1:
         deciding.append("each seed alone: " + ", ".join(alone))
+    largest = evidence["largest_change_over_last_quarter"]
+    what = "every run" if len(points) == len(runs) else "every point's seed mean"
     deciding.append(
-        f"every run settled (largest change over the last quarter {evidence['largest_change_over_last_quarter']:.1%})"
+        f"{what} settled (largest change over the last quarter {largest:.1%})"
         if settled
-        else f"NOT every run settled (largest change {evidence['largest_change_over_last_quarter']:.1%})"
+        else f"NOT {what} settled (largest change {largest:.1%})"
     )
+    if len(points) < len(runs):
+        each = evidence["each_run_alone"]
+        deciding.append(
+            f"each run alone: {each['settled']} of {each['runs']} moved <= {SETTLED_CHANGE:.0%} "
+            f"(largest {each['largest_change_over_last_quarter']:.1%})"
+        )
     return _result(4, statement, rule, all(verdicts), evidence, "; ".join(deciding))
 
 

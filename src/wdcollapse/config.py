@@ -32,7 +32,8 @@ def default_data_dir() -> Path:
 
 def register_resolvers() -> None:
     """`${div:a,b}` = a / b and `${add:a,b}` = a + b (e.g. weight decay 0.016 / L), and
-    `${data_dir:}`, the default data directory (default_data_dir), and
+    `${data_dir:}`, the default data directory (default_data_dir), `${bf16_where_native:accelerator}`
+    (bf16 autocast only where it is native), and
     `${uid:}`, a random id that keeps run directories of launches in the same second apart."""
     if not OmegaConf.has_resolver("div"):
         OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
@@ -44,6 +45,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
     if not OmegaConf.has_resolver("balancing_epochs"):
         OmegaConf.register_new_resolver("balancing_epochs", balancing_epochs)
+    if not OmegaConf.has_resolver("bf16_where_native"):
+        OmegaConf.register_new_resolver("bf16_where_native", bf16_where_native)
     if not OmegaConf.has_resolver("data_dir"):
         OmegaConf.register_new_resolver("data_dir", lambda: str(default_data_dir()))
 
@@ -57,6 +60,24 @@ def balancing_epochs(budget, lr, weight_decay, momentum, num_samples, batch_size
     steps_per_epoch = math.ceil(int(num_samples) / int(batch_size))
     steps = float(budget) * (1.0 - float(momentum)) / (float(lr) * float(weight_decay))
     return max(1, math.ceil(steps / steps_per_epoch))
+
+
+def native_bf16(accelerator: str = "auto") -> bool:
+    """Whether `accelerator` (a Trainer's: auto, cpu, gpu, cuda) computes in bf16 natively: a CUDA
+    GPU that supports bf16 (auto picks one when present), or a CPU with AVX512-BF16 or AMX. On other
+    CPUs bf16 autocast is emulated: 10x slower than float32 on an AVX2 VM (BENCHMARKS.md, 2026-12-06,
+    fourth session)."""
+    accelerator = str(accelerator).lower()
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch.cpu, hence guarded
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+
+
+def bf16_where_native(accelerator: str = "auto") -> str:
+    """`${bf16_where_native:${trainer.accelerator}}`: the precision "bf16-mixed" where bf16 is native
+    (native_bf16), else "32-true". The run's saved config.yaml records the precision it resolved to."""
+    return "bf16-mixed" if native_bf16(accelerator) else "32-true"
 
 
 def _require(ok: bool, setting: str, value, allowed: str) -> None:
