@@ -240,7 +240,7 @@ def test_claim3_and_claim4_follow_the_direction_of_the_trend():
     assert each["largest_change_over_last_quarter"] == pytest.approx(0.12)
     assert "every point's seed mean settled" in result["deciding"]
     assert "each run alone: 0 of 6 moved <= 5% (largest 12.0%)" in result["deciding"]
-    # both seeds still falling: their mean moves too, and the claim has no verdict for the trend
+    # both seeds still falling: their mean moves too, and the claim fails whatever the trend
     together = [drifting(d, 0.004, s) for s in (0, 1) for d in (4, 8, 12)]
     result = claims.claim4_deeper_is_more_linear(together)
     assert result["passed"] is False and result["evidence"]["settled"] is False
@@ -248,7 +248,14 @@ def test_claim3_and_claim4_follow_the_direction_of_the_trend():
     assert "NOT every point's seed mean settled (largest change 12.0%)" in result["deciding"]
     # only one point moving (the deepest, 6% on its seed mean): that alone fails it
     one_point = [drifting(d, 0.002 if d == 12 else 0.0, s) for s in (0, 1) for d in (4, 8, 12)]
-    assert claims.claim4_deeper_is_more_linear(one_point)["passed"] is False
+    result = claims.claim4_deeper_is_more_linear(one_point)
+    assert result["passed"] is False and result["evidence"]["settled"] is False
+    assert result["evidence"]["change_over_last_quarter"]["lr 0.01, 12 ReLU layers"] == pytest.approx(0.06)
+    assert result["evidence"]["change_over_last_quarter"]["lr 0.01, 8 ReLU layers"] == pytest.approx(0.0)
+    # one seed: every point is one run, and the report says so, with no count of runs alone
+    alone = claims.claim4_deeper_is_more_linear([depth_run(d, 1.0 / d, drift=0.0016) for d in (4, 8, 12)])
+    assert "every run settled (largest change over the last quarter 4.8%)" in alone["deciding"]
+    assert "each run alone" not in alone["deciding"]
     # one seed: nothing more to say
     assert (
         "each seed alone"

@@ -289,10 +289,13 @@ def test_bf16_autocast_only_where_bf16_is_native(monkeypatch):
     # a GPU: its own bf16 support decides, not the CPU's; accelerator=cpu still asks the CPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cpu_has(False)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    # torch counts emulated bf16 (a T4, a V100) unless asked not to: only hardware bf16 counts
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert config.bf16_where_native("auto") == config.bf16_where_native("cuda") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert config.bf16_where_native("auto") == config.bf16_where_native("cuda") == "bf16-mixed"
     assert config.bf16_where_native("cpu") == "32-true"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     assert config.bf16_where_native("auto") == "32-true"
 
 

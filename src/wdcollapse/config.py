@@ -64,12 +64,13 @@ def balancing_epochs(budget, lr, weight_decay, momentum, num_samples, batch_size
 
 def native_bf16(accelerator: str = "auto") -> bool:
     """Whether `accelerator` (a Trainer's: auto, cpu, gpu, cuda) computes in bf16 natively: a CUDA
-    GPU that supports bf16 (auto picks one when present), or a CPU with AVX512-BF16 or AMX. On other
+    GPU that supports bf16 in hardware (auto picks one when present; torch's default also counts
+    emulation, as on a T4 or V100), or a CPU with AVX512-BF16 or AMX. On other
     CPUs bf16 autocast is emulated: 10x slower than float32 on an AVX2 VM (BENCHMARKS.md, 2026-12-06,
     fourth session)."""
     accelerator = str(accelerator).lower()
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch.cpu, hence guarded
     return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
 
