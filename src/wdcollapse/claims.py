@@ -679,7 +679,7 @@ def claim7_width(runs: list[Run]) -> dict:
     for n1 in widths:
         group = by_width[n1]
         L1, L = group[0].nonlinear_depth, group[0].num_layers
-        nc1 = float(np.mean([_none_nan(r.final.get(keys.layer(keys.NC1, L - 1))) for r in group]))
+        nc1 = _final_mean(group, keys.NC1, -1)
         pairs = list(range(L1 + 1, L))
         bal = float(np.mean([np.max([_final(r, l) for l in pairs]) for r in group])) if pairs else np.nan
         per_width[n1] = {

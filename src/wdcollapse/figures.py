@@ -61,6 +61,11 @@ BEYOND_LABEL = "beyond the paper"  # how the report, the figures' titles and W&B
 BEYOND_KEY = "beyond"  # conf/reproduce/<preset>.yaml: the beyond figures' sweeps, next to `figures:`
 
 
+def beyond_suffix(beyond: bool) -> str:
+    """ " (beyond the paper)" after a beyond figure's or claim's name in the report and the console; else ""."""
+    return f" ({BEYOND_LABEL})" if beyond else ""
+
+
 FIGURES: dict[str, FigureSpec] = {
     f.name: f
     for f in (

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import claims, fits, theorems
-from .figures import BEYOND_LABEL, FIGURES
+from .figures import BEYOND_LABEL, FIGURES, beyond_suffix
 from .io import atomic_write_json, atomic_write_text, read_json
 from .runfiles import RunFiles
 from .runs import Run
@@ -62,7 +62,7 @@ def settings_rows(figure, runs: list[Run]) -> list[tuple[str, str, str]]:
     paper = spec.paper
     rows = []
     ours_experiment = spec.ours
-    ours = BEYOND if getattr(spec, "beyond", False) else OURS
+    ours = BEYOND if spec.beyond else OURS
     for key in ALWAYS_SHOWN + [k for k in paper if k not in ALWAYS_SHOWN and k != "seeds"]:
         stated = ours if ours_experiment else paper.get(key, REPORTED.get(key, "not stated"))
         rows.append((key, str(stated), values_of(runs, key)))
@@ -231,7 +231,7 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
         ]
     lines += ["", "## Claims", ""]
     for c in decided:
-        label = f" ({BEYOND_LABEL})" if c.get("beyond") else ""
+        label = beyond_suffix(c.get("beyond", False))
         lines += [
             f"### {c['figure']}, claim {c['claim']}{label}: **{verdict(c['passed'])}**",
             "",
@@ -280,7 +280,7 @@ def write_report(out: Path, preset: str, figures, runs_of: Callable, skipped: di
     for name, rows in settings.items():
         if not rows:
             continue
-        label = f" ({BEYOND_LABEL})" if FIGURES.get(name) is not None and FIGURES[name].beyond else ""
+        label = beyond_suffix(FIGURES.get(name) is not None and FIGURES[name].beyond)
         lines += [f"### {name}{label}", "", "| setting | paper | here |", "|---|---|---|"]
         lines += [f"| `{k}` | {p} | {h} |" for k, p, h in rows]
         lines.append("")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .config import default_data_dir
 from .errors import ConfigError
-from .figures import BEYOND_LABEL, FigureSweep, preset_notice, preset_sweeps
+from .figures import BEYOND_LABEL, FigureSweep, beyond_suffix, preset_notice, preset_sweeps
 from .io import hold_directory
 from .runs import Run, load_runs
 
@@ -304,7 +304,7 @@ def reproduce(args: argparse.Namespace) -> int:
         print(f"W&B: {len(logged)} figure runs under {out / 'wandb'} ({args.wandb})")
     print(f"\nfigures: {out / 'figures'} ({len(made)} files)")
     for claim in report["claims"]:
-        label = f" ({BEYOND_LABEL})" if claim.get("beyond") else ""
+        label = beyond_suffix(claim.get("beyond", False))
         print(
             f"{claim['figure']}, claim {claim['claim']}{label}: {verdict(claim['passed'], 'n/a')}  "
             f"{claim['deciding'] or claim['evidence'].get('why', '')}"

@@ -99,7 +99,7 @@ def log_figure_runs(
                 "title": spec.title,
                 "paper_figure": spec.paper_figure,
                 "claims": list(spec.claims),
-                "beyond": bool(getattr(spec, "beyond", False)),  # an experiment the paper did not run
+                "beyond": spec.beyond,  # an experiment the paper did not run
             },
         )
         table = wandb.Table(
