@@ -176,3 +176,57 @@ def test_an_error_in_a_users_own_model_keeps_its_traceback(tmp_path, monkeypatch
     # a bad setting of this package's own model stays one line
     proc = train_command(["model.init=orthogonal"], cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def _finished_runs(out, figure, **edits):
+    """Finished run directories of the smoke preset's `figure`, saved as its multirun would save
+    them, with `edits` ({dotted key: value}) applied to the first run's saved settings."""
+    import itertools
+
+    import yaml
+    from conftest import compose_train
+    from omegaconf import OmegaConf, open_dict
+
+    keys = list(figure.sweep)
+    runs = []
+    for values in itertools.product(*(str(figure.sweep[k]).split(",") for k in keys)):
+        swept = [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
+        cfg = compose_train(f"experiment={figure.experiment}", "preset=smoke", *swept, *figure.overrides)
+        with open_dict(cfg):
+            cfg.pop("logger")
+        if not runs:
+            for key, value in edits.items():
+                OmegaConf.update(cfg, key, value, force_add=True)
+        run = out / "runs" / figure.name / ",".join(swept)
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(OmegaConf.to_container(cfg, resolve=True)))
+        (run / "summary.json").write_text(json.dumps({"status": "finished"}))
+        runs.append(run)
+    return runs
+
+
+def test_runs_trained_with_the_presets_settings_pass_the_check_and_speed_settings_may_differ(tmp_path):
+    from wdcollapse.figures import preset_sweeps
+    from wdcollapse.reproduce import settings_changed
+
+    figure = next(f for f in preset_sweeps("smoke")[1] if f.name == "nonlinear_depth_mnist")
+    _finished_runs(tmp_path, figure, threads=2, steps_per_call=4, **{"data.eval_chunk": 128})
+    assert settings_changed(tmp_path, figure, "smoke", []) == []
+
+
+def test_a_rerun_over_runs_of_other_settings_stops_before_training_with_one_line(tmp_path):
+    from wdcollapse.figures import preset_sweeps
+
+    figure = next(f for f in preset_sweeps("smoke")[1] if f.name == "nonlinear_depth_mnist")
+    # the first run (3 ReLU layers) was trained for 9 epochs; the preset's balancing budget asks for fewer
+    runs = _finished_runs(tmp_path, figure, **{"trainer.max_epochs": 9})
+    saved = {p: p.stat().st_mtime_ns for r in runs for p in r.iterdir()}
+    args = ["--preset", "smoke", "--only", "nonlinear_depth_mnist", "--out", str(tmp_path), "--wandb", "disabled"]
+    proc = in_process(reproduce_main, "wdcollapse-reproduce", args, env={"WANDB_MODE": "disabled"}, check=False)
+    assert proc.returncode != 0
+    (line,) = proc.stderr.strip().splitlines()
+    folder = tmp_path / "runs" / "nonlinear_depth_mnist"
+    assert line.startswith(f"error: nonlinear_depth_mnist: 1 run(s) in {folder} were trained with other settings")
+    assert f"({runs[0].name}: trainer.max_epochs: 9 -> " in line and f"delete {folder} to train them anew" in line
+    assert {p: p.stat().st_mtime_ns for r in runs for p in r.iterdir()} == saved  # nothing rewritten
+    assert not (tmp_path / "logs").exists()  # nothing trained

@@ -62,6 +62,49 @@ def figure_runs(out: Path, figure: FigureSweep) -> list[Run]:
     return [r for r in load_runs(folder) if matches_sweep(r, figure)] if folder.is_dir() else []
 
 
+def settings_changed(out: Path, figure: FigureSweep, preset: str, extra: list[str]) -> list[str]:
+    """'run directory: key: saved -> now; ...' for each of the figure's run directories whose saved
+    settings differ from what the preset asks of that run now (an edited preset or recipe, an older
+    version's sweep): their names match, so a re-run would skip them as done or stop at them, and the
+    report would take their numbers for this recipe's. The same comparison as a resumed job's
+    (rundir.config_changes: where, how fast and how it is logged may differ)."""
+    runs = figure_runs(out, figure)
+    if not runs:
+        return []
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from .config import CONF_DIR, register_resolvers
+    from .rundir import config_changes
+
+    register_resolvers()
+    preset_override = [f"preset={preset}"] if figure.use_preset else []
+    changed = []
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for run in runs:
+            swept = [f"{key}={'null' if run.get(key) is None else run.get(key)}" for key in figure.sweep]
+            overrides = [f"experiment={figure.experiment}", *preset_override, *swept, *figure.overrides, *extra]
+            cfg = compose("train", overrides=overrides)
+            with open_dict(cfg):
+                cfg.pop("logger", None)  # resolvable only inside a Hydra job, and free to change anyway
+            changes = config_changes(run.config, OmegaConf.to_container(cfg, resolve=True))
+            if changes:
+                changed.append(f"{run.path.name}: {'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''}")
+    return changed
+
+
+def check_settings(out: Path, figure: FigureSweep, preset: str, extra: list[str]) -> None:
+    """Stop, before anything trains, at run directories of the figure trained with other settings."""
+    changed = settings_changed(out, figure, preset, extra)
+    if changed:
+        folder = out / "runs" / figure.name
+        raise SystemExit(
+            f"error: {figure.name}: {len(changed)} run(s) in {folder} were trained with other settings than "
+            f"the {preset} preset asks now ({changed[0]}): delete {folder} to train them anew, or pass --out "
+            "to reproduce into another folder"
+        )
+
+
 def run_subdir(figure: FigureSweep) -> str:
     """A run directory's name: the values of the figure's swept settings only (`seed=0`), so that
     its fixed overrides cannot make names too long for the file system."""
@@ -282,6 +325,10 @@ def reproduce(args: argparse.Namespace) -> int:
         for f in figures
         if f.needs == "cifar10" and cifar is None and not figure_runs(out, f)
     }
+    if not args.plots_only:  # every figure's old runs checked before the first one trains
+        for figure in to_run:
+            if figure.name not in skipped:
+                check_settings(out, figure, args.preset, cifar if figure.needs == "cifar10" else [])
     for figure in to_run:
         if figure.name not in skipped and not args.plots_only:
             run_figure(figure, args.preset, out, jobs, cifar if figure.needs == "cifar10" else [])
