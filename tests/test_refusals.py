@@ -178,9 +178,9 @@ def test_an_error_in_a_users_own_model_keeps_its_traceback(tmp_path, monkeypatch
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
-def _finished_runs(out, figure, **edits):
-    """Finished run directories of the smoke preset's `figure`, saved as its multirun would save
-    them, with `edits` ({dotted key: value}) applied to the first run's saved settings."""
+def _finished_runs(out, figure, preset="smoke", extra=(), **edits):
+    """Finished run directories of the `preset`'s `figure`, saved as its multirun would save them,
+    with `edits` ({dotted key: value}) applied to the first run's saved settings."""
     import itertools
 
     import yaml
@@ -191,7 +191,7 @@ def _finished_runs(out, figure, **edits):
     runs = []
     for values in itertools.product(*(str(figure.sweep[k]).split(",") for k in keys)):
         swept = [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
-        cfg = compose_train(f"experiment={figure.experiment}", "preset=smoke", *swept, *figure.overrides)
+        cfg = compose_train(f"experiment={figure.experiment}", f"preset={preset}", *swept, *figure.overrides, *extra)
         with open_dict(cfg):
             cfg.pop("logger")
         if not runs:
@@ -205,19 +205,62 @@ def _finished_runs(out, figure, **edits):
     return runs
 
 
-def test_runs_trained_with_the_presets_settings_pass_the_check_and_speed_settings_may_differ(tmp_path):
+def _figure(preset, name):
     from wdcollapse.figures import preset_sweeps
+
+    return next(f for f in preset_sweeps(preset, beyond=True)[1] if f.name == name)
+
+
+def test_runs_trained_with_the_presets_settings_pass_the_check_and_speed_settings_may_differ(tmp_path):
     from wdcollapse.reproduce import settings_changed
 
-    figure = next(f for f in preset_sweeps("smoke")[1] if f.name == "nonlinear_depth_mnist")
+    figure = _figure("smoke", "nonlinear_depth_mnist")
     _finished_runs(tmp_path, figure, threads=2, steps_per_call=4, **{"data.eval_chunk": 128})
     assert settings_changed(tmp_path, figure, "smoke", []) == []
+    # a real setting of one run differs: that run, and only it, is named with the change
+    other = tmp_path / "other"
+    runs = _finished_runs(other, figure, **{"model.width": 48})
+    (line,) = settings_changed(other, figure, "smoke", [])
+    assert line.startswith(f"nonlinear_depth_mnist/{runs[0].name}: ") and "model.width: 48 -> " in line
+
+
+@pytest.mark.parametrize(("saved", "flagged"), [("bf16-mixed", False), ("32-true", False), ("16-mixed", True)])
+def test_a_precision_left_to_the_machine_keeps_the_runs_own_value(tmp_path, saved, flagged):
+    """The cpu preset's `${bf16_where_native:...}`: a bf16 run of a machine with native bf16 is the
+    recipe's run on any machine (skipped as done, resumed in bf16); a precision the resolver never
+    gives is a change."""
+    from conftest import compose_train
+
+    from wdcollapse.reproduce import settings_changed
+    from wdcollapse.rundir import check_same_run
+
+    figure = _figure("cpu", "resnet20_mnist")
+    runs = _finished_runs(tmp_path, figure, "cpu", **{"trainer.precision": saved})
+    assert bool(settings_changed(tmp_path, figure, "cpu", [])) == flagged
+    cfg = compose_train(
+        "experiment=resnet20_mnist", "preset=cpu", *figure.overrides, "model.linear_depth=5", "seed=0", "logger=none"
+    )
+    if flagged:
+        with pytest.raises(ConfigError, match="trainer.precision: '16-mixed' -> "):
+            check_same_run(cfg, runs[0] / "config.yaml")
+    else:
+        check_same_run(cfg, runs[0] / "config.yaml")
+        assert cfg.trainer.precision == saved  # the resumed run goes on in its own precision
+
+
+def test_the_check_reads_cifar_runs_without_cifar_given(tmp_path):
+    """A re-run without --cifar over a folder that already holds CIFAR-10 runs reports them: their
+    settings are compared without the data overrides (where the images are may change)."""
+    from wdcollapse.reproduce import check_settings
+
+    figure = _figure("smoke", "resnet20_cifar10")
+    _finished_runs(tmp_path, figure, extra=["data.image_folder=/somewhere/cifar10-jpg"])
+    check_settings(tmp_path, [figure], "smoke", None)
+    check_settings(tmp_path, [figure], "smoke", ["data.image_folder=/elsewhere"])
 
 
 def test_a_rerun_over_runs_of_other_settings_stops_before_training_with_one_line(tmp_path):
-    from wdcollapse.figures import preset_sweeps
-
-    figure = next(f for f in preset_sweeps("smoke")[1] if f.name == "nonlinear_depth_mnist")
+    figure = _figure("smoke", "nonlinear_depth_mnist")
     # the first run (3 ReLU layers) was trained for 9 epochs; the preset's balancing budget asks for fewer
     runs = _finished_runs(tmp_path, figure, **{"trainer.max_epochs": 9})
     saved = {p: p.stat().st_mtime_ns for r in runs for p in r.iterdir()}
@@ -225,8 +268,9 @@ def test_a_rerun_over_runs_of_other_settings_stops_before_training_with_one_line
     proc = in_process(reproduce_main, "wdcollapse-reproduce", args, env={"WANDB_MODE": "disabled"}, check=False)
     assert proc.returncode != 0
     (line,) = proc.stderr.strip().splitlines()
-    folder = tmp_path / "runs" / "nonlinear_depth_mnist"
-    assert line.startswith(f"error: nonlinear_depth_mnist: 1 run(s) in {folder} were trained with other settings")
-    assert f"({runs[0].name}: trainer.max_epochs: 9 -> " in line and f"delete {folder} to train them anew" in line
+    assert line.startswith(f"error: 1 run(s) in {tmp_path / 'runs'} were trained with other settings than the smoke")
+    assert f"(nonlinear_depth_mnist/{runs[0].name}: trainer.max_epochs: 9 -> " in line
+    assert "delete those run directories (or the figure's folder) to train them anew" in line
     assert {p: p.stat().st_mtime_ns for r in runs for p in r.iterdir()} == saved  # nothing rewritten
     assert not (tmp_path / "logs").exists()  # nothing trained
+    hold_directory(tmp_path, "reproduction folder", "wait").release()  # the refusal let go of the folder

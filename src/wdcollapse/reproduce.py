@@ -63,19 +63,22 @@ def figure_runs(out: Path, figure: FigureSweep) -> list[Run]:
 
 
 def settings_changed(out: Path, figure: FigureSweep, preset: str, extra: list[str]) -> list[str]:
-    """'run directory: key: saved -> now; ...' for each of the figure's run directories whose saved
-    settings differ from what the preset asks of that run now (an edited preset or recipe, an older
-    version's sweep): their names match, so a re-run would skip them as done or stop at them, and the
-    report would take their numbers for this recipe's. The same comparison as a resumed job's
-    (rundir.config_changes: where, how fast and how it is logged may differ)."""
+    """'figure/run directory: key: saved -> now; ...' for each of the figure's run directories whose
+    saved settings differ from what the preset asks of that run now (an edited preset or recipe, an
+    older version's sweep): their names match, so a re-run would skip them as done or stop at them,
+    and the report would take their numbers for this recipe's. The comparison a resumed job makes
+    (rundir.check_same_run: where, how fast and how it is logged may differ, and a setting left to
+    the machine, such as bf16 where native, keeps the run's own value)."""
     runs = figure_runs(out, figure)
     if not runs:
         return []
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
 
     from .config import CONF_DIR, register_resolvers
-    from .rundir import config_changes
+    from .rundir import config_changes, keep_machine_choices
 
     register_resolvers()
     preset_override = [f"preset={preset}"] if figure.use_preset else []
@@ -84,24 +87,35 @@ def settings_changed(out: Path, figure: FigureSweep, preset: str, extra: list[st
         for run in runs:
             swept = [f"{key}={'null' if run.get(key) is None else run.get(key)}" for key in figure.sweep]
             overrides = [f"experiment={figure.experiment}", *preset_override, *swept, *figure.overrides, *extra]
-            cfg = compose("train", overrides=overrides)
-            with open_dict(cfg):
-                cfg.pop("logger", None)  # resolvable only inside a Hydra job, and free to change anyway
-            changes = config_changes(run.config, OmegaConf.to_container(cfg, resolve=True))
+            try:
+                cfg = compose("train", overrides=overrides)
+                with open_dict(cfg):
+                    cfg.pop("logger", None)  # resolvable only inside a Hydra job, and free to change anyway
+                keep_machine_choices(cfg, run.config)
+                changes = config_changes(run.config, OmegaConf.to_container(cfg, resolve=True))
+            except (HydraException, OmegaConfBaseException) as e:
+                changes = [f"its settings cannot be composed now ({str(e).splitlines()[0]})"]
             if changes:
-                changed.append(f"{run.path.name}: {'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''}")
+                shown = "; ".join(changes[:3]) + ("; ..." if len(changes) > 3 else "")
+                changed.append(f"{figure.name}/{run.path.name}: {shown}")
     return changed
 
 
-def check_settings(out: Path, figure: FigureSweep, preset: str, extra: list[str]) -> None:
-    """Stop, before anything trains, at run directories of the figure trained with other settings."""
-    changed = settings_changed(out, figure, preset, extra)
+def check_settings(out: Path, figures: list[FigureSweep], preset: str, cifar: list[str] | None) -> None:
+    """Stop, before anything trains, at run directories of `figures` trained with other settings
+    than the preset asks now: one line for all of them (settings_changed)."""
+    changed = [
+        line
+        for figure in figures
+        for line in settings_changed(out, figure, preset, (cifar or []) if figure.needs == "cifar10" else [])
+    ]
     if changed:
-        folder = out / "runs" / figure.name
+        more = f"; and {len(changed) - 2} more" if len(changed) > 2 else ""
         raise SystemExit(
-            f"error: {figure.name}: {len(changed)} run(s) in {folder} were trained with other settings than "
-            f"the {preset} preset asks now ({changed[0]}): delete {folder} to train them anew, or pass --out "
-            "to reproduce into another folder"
+            f"error: {len(changed)} run(s) in {out / 'runs'} were trained with other settings than the {preset} "
+            f"preset asks now ({' | '.join(changed[:2])}{more}): delete those run directories (or the figure's "
+            "folder) to train them anew, pass --plots-only to report them as they are, or --out to reproduce "
+            "into another folder"
         )
 
 
@@ -310,60 +324,59 @@ def reproduce(args: argparse.Namespace) -> int:
         )
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
-    if notice:
-        print(f"\n*** {notice}\n", flush=True)
-    # --only limits what trains; the figures and the report cover every figure with runs.
-    if args.only is None:
-        to_run = [f for f in figures if not f.beyond or args.beyond]
-    else:
-        to_run = [f for f in figures if f.name in args.only]
-    cifar = cifar_overrides(args.cifar, default_data_dir())
+    try:
+        if notice:
+            print(f"\n*** {notice}\n", flush=True)
+        # --only limits what trains; the figures and the report cover every figure with runs.
+        if args.only is None:
+            to_run = [f for f in figures if not f.beyond or args.beyond]
+        else:
+            to_run = [f for f in figures if f.name in args.only]
+        cifar = cifar_overrides(args.cifar, default_data_dir())
 
-    start = time.time()
-    skipped = {
-        f.name: "needs CIFAR-10: pass --cifar DIR|TARBALL|torchvision (make reproduce CIFAR=...)"
-        for f in figures
-        if f.needs == "cifar10" and cifar is None and not figure_runs(out, f)
-    }
-    if not args.plots_only:  # every figure's old runs checked before the first one trains
-        for figure in to_run:
-            if figure.name not in skipped:
-                check_settings(out, figure, args.preset, cifar if figure.needs == "cifar10" else [])
-    for figure in to_run:
-        if figure.name not in skipped and not args.plots_only:
-            run_figure(figure, args.preset, out, jobs, cifar if figure.needs == "cifar10" else [])
+        start = time.time()
+        skipped = {
+            f.name: "needs CIFAR-10: pass --cifar DIR|TARBALL|torchvision (make reproduce CIFAR=...)"
+            for f in figures
+            if f.needs == "cifar10" and cifar is None and not figure_runs(out, f)
+        }
+        training = [] if args.plots_only else [f for f in to_run if f.name not in skipped]
+        check_settings(out, training, args.preset, cifar)  # every figure's old runs, before the first one trains
+        for figure in training:
+            run_figure(figure, args.preset, out, jobs, (cifar or []) if figure.needs == "cifar10" else [])
 
-    from .report import make_figures, verdict, write_report
+        from .report import make_figures, verdict, write_report
 
-    reported = [f for f in figures if f.name not in skipped]
-    loaded = {f.name: figure_runs(out, f) for f in reported}  # read every run directory once
-    # figures (and their W&B runs) only of what has runs and, with --only, of what this call trained
-    plotted = [f for f in reported if loaded[f.name] and (args.only is None or f.name in args.only)]
-    made = make_figures(out, plotted, lambda f: loaded[f.name])
-    report = write_report(out, args.preset, reported, lambda f: loaded[f.name], skipped, notice=notice)
-    if args.wandb != "disabled":
-        from .wandb_log import log_figure_runs
+        reported = [f for f in figures if f.name not in skipped]
+        loaded = {f.name: figure_runs(out, f) for f in reported}  # read every run directory once
+        # figures (and their W&B runs) only of what has runs and, with --only, of what this call trained
+        plotted = [f for f in reported if loaded[f.name] and (args.only is None or f.name in args.only)]
+        made = make_figures(out, plotted, lambda f: loaded[f.name])
+        report = write_report(out, args.preset, reported, lambda f: loaded[f.name], skipped, notice=notice)
+        if args.wandb != "disabled":
+            from .wandb_log import log_figure_runs
 
-        specs = [f.spec for f in plotted]
-        judged = {f.name for f in plotted}
-        claims = [c for c in report["claims"] if c["figure"] in judged]
-        logged = log_figure_runs(out, args.preset, specs, claims, out / "REPORT.md", mode=args.wandb)
-        print(f"W&B: {len(logged)} figure runs under {out / 'wandb'} ({args.wandb})")
-    print(f"\nfigures: {out / 'figures'} ({len(made)} files)")
-    for claim in report["claims"]:
-        label = beyond_suffix(claim.get("beyond", False))
-        print(
-            f"{claim['figure']}, claim {claim['claim']}{label}: {verdict(claim['passed'], 'n/a')}  "
-            f"{claim['deciding'] or claim['evidence'].get('why', '')}"
-        )
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}")
-    if left_out:
-        print(f"{BEYOND_LABEL}: {', '.join(left_out)} run with --beyond (make reproduce BEYOND=1)")
-    print(f"report: {out / 'REPORT.md'}  ({(time.time() - start) / 60:.1f} min)")
-    if notice:
-        print(f"\n*** {notice}")
-    lock.release()
+            specs = [f.spec for f in plotted]
+            judged = {f.name for f in plotted}
+            claims = [c for c in report["claims"] if c["figure"] in judged]
+            logged = log_figure_runs(out, args.preset, specs, claims, out / "REPORT.md", mode=args.wandb)
+            print(f"W&B: {len(logged)} figure runs under {out / 'wandb'} ({args.wandb})")
+        print(f"\nfigures: {out / 'figures'} ({len(made)} files)")
+        for claim in report["claims"]:
+            label = beyond_suffix(claim.get("beyond", False))
+            print(
+                f"{claim['figure']}, claim {claim['claim']}{label}: {verdict(claim['passed'], 'n/a')}  "
+                f"{claim['deciding'] or claim['evidence'].get('why', '')}"
+            )
+        for name, why in skipped.items():
+            print(f"skipped {name}: {why}")
+        if left_out:
+            print(f"{BEYOND_LABEL}: {', '.join(left_out)} run with --beyond (make reproduce BEYOND=1)")
+        print(f"report: {out / 'REPORT.md'}  ({(time.time() - start) / 60:.1f} min)")
+        if notice:
+            print(f"\n*** {notice}")
+    finally:
+        lock.release()
     return 0
 
 

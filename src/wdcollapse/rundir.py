@@ -299,6 +299,24 @@ RESUMABLE_CHANGES = (
 )
 
 
+# Settings a config may leave to the machine through a resolver, and the values the resolver gives:
+# a run keeps the value it started with (a bf16 run of a machine with native bf16 stays a bf16 run).
+MACHINE_RESOLVED = {"trainer.precision": ("${bf16_where_native:", ("bf16-mixed", "32-true"))}
+
+
+def keep_machine_choices(cfg: DictConfig, saved: dict) -> list[str]:
+    """Where `cfg` leaves a setting to the machine (MACHINE_RESOLVED) and the `saved` config of a run
+    holds one of that resolver's values, set `cfg`'s to the saved one: the run continues (or counts
+    as done) with what its own machine chose, not what this machine would. Returns the keys kept."""
+    raw, old = _flatten(OmegaConf.to_container(cfg, resolve=False)), _flatten(saved)
+    kept = []
+    for key, (resolver, values) in MACHINE_RESOLVED.items():
+        if str(raw.get(key, "")).startswith(resolver) and old.get(key) in values:
+            OmegaConf.update(cfg, key, old[key])
+            kept.append(key)
+    return kept
+
+
 def _flatten(node, prefix: str = "") -> dict:
     if isinstance(node, dict):
         flat = {}
@@ -320,10 +338,12 @@ def config_changes(saved: dict, current: dict) -> list[str]:
 
 def check_same_run(cfg: DictConfig, saved_config: Path) -> None:
     """Refuse to continue (or skip as done) the run saved in `saved_config`'s directory with
-    other settings: its checkpoint and metrics would be mixed with, or taken for, this run's."""
+    other settings: its checkpoint and metrics would be mixed with, or taken for, this run's. A
+    setting left to the machine keeps the run's own value (keep_machine_choices: `cfg` changes)."""
     if not saved_config.is_file():
         return
     saved = OmegaConf.to_container(OmegaConf.load(saved_config), resolve=False)
+    keep_machine_choices(cfg, saved)
     changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
     if changes:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
