@@ -212,15 +212,15 @@ def _figure(preset, name):
 
 
 def test_runs_trained_with_the_presets_settings_pass_the_check_and_speed_settings_may_differ(tmp_path):
-    from wdcollapse.reproduce import settings_changed
+    from wdcollapse.reproduce import figure_runs, settings_changed
 
     figure = _figure("smoke", "nonlinear_depth_mnist")
     _finished_runs(tmp_path, figure, threads=2, steps_per_call=4, **{"data.eval_chunk": 128})
-    assert settings_changed(tmp_path, figure, "smoke", []) == []
+    assert settings_changed(figure_runs(tmp_path, figure), figure, "smoke", []) == []
     # a real setting of one run differs: that run, and only it, is named with the change
     other = tmp_path / "other"
     runs = _finished_runs(other, figure, **{"model.width": 48})
-    (line,) = settings_changed(other, figure, "smoke", [])
+    (line,) = settings_changed(figure_runs(other, figure), figure, "smoke", [])
     assert line.startswith(f"nonlinear_depth_mnist/{runs[0].name}: ") and "model.width: 48 -> " in line
 
 
@@ -231,12 +231,12 @@ def test_a_precision_left_to_the_machine_keeps_the_runs_own_value(tmp_path, save
     gives is a change."""
     from conftest import compose_train
 
-    from wdcollapse.reproduce import settings_changed
+    from wdcollapse.reproduce import figure_runs, settings_changed
     from wdcollapse.rundir import check_same_run
 
     figure = _figure("cpu", "resnet20_mnist")
     runs = _finished_runs(tmp_path, figure, "cpu", **{"trainer.precision": saved})
-    assert bool(settings_changed(tmp_path, figure, "cpu", [])) == flagged
+    assert bool(settings_changed(figure_runs(tmp_path, figure), figure, "cpu", [])) == flagged
     cfg = compose_train(
         "experiment=resnet20_mnist", "preset=cpu", *figure.overrides, "model.linear_depth=5", "seed=0", "logger=none"
     )
@@ -251,12 +251,14 @@ def test_a_precision_left_to_the_machine_keeps_the_runs_own_value(tmp_path, save
 def test_the_check_reads_cifar_runs_without_cifar_given(tmp_path):
     """A re-run without --cifar over a folder that already holds CIFAR-10 runs reports them: their
     settings are compared without the data overrides (where the images are may change)."""
-    from wdcollapse.reproduce import check_settings
+    from wdcollapse.reproduce import check_settings, figure_runs
 
     figure = _figure("smoke", "resnet20_cifar10")
     _finished_runs(tmp_path, figure, extra=["data.image_folder=/somewhere/cifar10-jpg"])
-    check_settings(tmp_path, [figure], "smoke", None)
-    check_settings(tmp_path, [figure], "smoke", ["data.image_folder=/elsewhere"])
+    runs_of = {figure.name: figure_runs(tmp_path, figure)}
+    assert len(runs_of[figure.name]) == figure.num_runs
+    check_settings(tmp_path, [figure], runs_of, "smoke", None)
+    check_settings(tmp_path, [figure], runs_of, "smoke", ["data.image_folder=/elsewhere"])
 
 
 def test_a_rerun_over_runs_of_other_settings_stops_before_training_with_one_line(tmp_path):

@@ -62,14 +62,26 @@ def figure_runs(out: Path, figure: FigureSweep) -> list[Run]:
     return [r for r in load_runs(folder) if matches_sweep(r, figure)] if folder.is_dir() else []
 
 
-def settings_changed(out: Path, figure: FigureSweep, preset: str, extra: list[str]) -> list[str]:
+def job_overrides(figure: FigureSweep, preset: str, swept: list[str], extra: list[str]) -> list[str]:
+    """The settings of one of the figure's jobs, as `wdcollapse-train` composes them: its experiment,
+    the preset (unless the figure fixes its own), the swept values (`seed=0`, or the multirun's
+    `seed=0,1`), the figure's overrides and `extra` (data_overrides)."""
+    preset_choice = [f"preset={preset}"] if figure.use_preset else []
+    return [f"experiment={figure.experiment}", *preset_choice, *swept, *figure.overrides, *extra]
+
+
+def data_overrides(figure: FigureSweep, cifar: list[str] | None) -> list[str]:
+    """Where the figure's data is: cifar_overrides for a CIFAR-10 figure (none when not given), else nothing."""
+    return (cifar or []) if figure.needs == "cifar10" else []
+
+
+def settings_changed(runs: list[Run], figure: FigureSweep, preset: str, extra: list[str]) -> list[str]:
     """'figure/run directory: key: saved -> now; ...' for each of the figure's run directories whose
     saved settings differ from what the preset asks of that run now (an edited preset or recipe, an
     older version's sweep): their names match, so a re-run would skip them as done or stop at them,
     and the report would take their numbers for this recipe's. The comparison a resumed job makes
     (rundir.check_same_run: where, how fast and how it is logged may differ, and a setting left to
     the machine, such as bf16 where native, keeps the run's own value)."""
-    runs = figure_runs(out, figure)
     if not runs:
         return []
     from hydra import compose, initialize_config_dir
@@ -81,14 +93,12 @@ def settings_changed(out: Path, figure: FigureSweep, preset: str, extra: list[st
     from .rundir import config_changes, keep_machine_choices
 
     register_resolvers()
-    preset_override = [f"preset={preset}"] if figure.use_preset else []
     changed = []
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         for run in runs:
             swept = [f"{key}={'null' if run.get(key) is None else run.get(key)}" for key in figure.sweep]
-            overrides = [f"experiment={figure.experiment}", *preset_override, *swept, *figure.overrides, *extra]
             try:
-                cfg = compose("train", overrides=overrides)
+                cfg = compose("train", overrides=job_overrides(figure, preset, swept, extra))
                 with open_dict(cfg):
                     cfg.pop("logger", None)  # resolvable only inside a Hydra job, and free to change anyway
                 keep_machine_choices(cfg, run.config)
@@ -101,13 +111,15 @@ def settings_changed(out: Path, figure: FigureSweep, preset: str, extra: list[st
     return changed
 
 
-def check_settings(out: Path, figures: list[FigureSweep], preset: str, cifar: list[str] | None) -> None:
-    """Stop, before anything trains, at run directories of `figures` trained with other settings
-    than the preset asks now: one line for all of them (settings_changed)."""
+def check_settings(
+    out: Path, figures: list[FigureSweep], runs_of: dict[str, list[Run]], preset: str, cifar: list[str] | None
+) -> None:
+    """Stop, before anything trains, at run directories of `figures` (`runs_of[name]`: figure_runs)
+    trained with other settings than the preset asks now: one line for all of them (settings_changed)."""
     changed = [
         line
         for figure in figures
-        for line in settings_changed(out, figure, preset, (cifar or []) if figure.needs == "cifar10" else [])
+        for line in settings_changed(runs_of[figure.name], figure, preset, data_overrides(figure, cifar))
     ]
     if changed:
         more = f"; and {len(changed) - 2} more" if len(changed) > 2 else ""
@@ -134,22 +146,19 @@ def wandb_overrides(figure: FigureSweep, preset: str) -> list[str]:
 
 
 def multirun_command(figure: FigureSweep, preset: str, sweep_dir: Path, jobs: int, extra: list[str]) -> list[str]:
+    swept = [f"{k}={v}" for k, v in figure.sweep.items()]
     return [
         sys.executable,
         "-m",
         "wdcollapse.train",
         "-m",
-        f"experiment={figure.experiment}",
-        *([f"preset={preset}"] if figure.use_preset else []),
         "hydra/launcher=joblib",
         f"hydra.launcher.n_jobs={jobs}",
         f"hydra.sweep.dir={sweep_dir}",
         f"hydra.sweep.subdir={run_subdir(figure)}",
         f"logger.wandb.group={figure.name}-{preset}",
         *wandb_overrides(figure, preset),
-        *[f"{k}={v}" for k, v in figure.sweep.items()],
-        *figure.overrides,
-        *extra,
+        *job_overrides(figure, preset, swept, extra),
     ]
 
 
@@ -180,10 +189,10 @@ class Progress(threading.Thread):
             print(self.report(), flush=True)
 
 
-def run_figure(figure: FigureSweep, preset: str, out: Path, jobs: int, extra: list[str]) -> bool:
-    """Run the figure's multirun unless every run of it already finished; True on success."""
+def run_figure(figure: FigureSweep, preset: str, out: Path, jobs: int, extra: list[str], runs: list[Run]) -> bool:
+    """Run the figure's multirun unless every run of it (`runs`, its figure_runs before it starts)
+    already finished; True on success."""
     sweep_dir = out / "runs" / figure.name
-    runs = figure_runs(out, figure)
     if len(runs) >= figure.num_runs and all(r.status in SETTLED for r in runs):
         print(f"[{figure.name}] all {figure.num_runs} runs already done: skipping", flush=True)
         return True
@@ -341,9 +350,10 @@ def reproduce(args: argparse.Namespace) -> int:
             if f.needs == "cifar10" and cifar is None and not figure_runs(out, f)
         }
         training = [] if args.plots_only else [f for f in to_run if f.name not in skipped]
-        check_settings(out, training, args.preset, cifar)  # every figure's old runs, before the first one trains
+        existing = {f.name: figure_runs(out, f) for f in training}  # only this process trains into `out`
+        check_settings(out, training, existing, args.preset, cifar)  # every figure's old runs, before the first trains
         for figure in training:
-            run_figure(figure, args.preset, out, jobs, (cifar or []) if figure.needs == "cifar10" else [])
+            run_figure(figure, args.preset, out, jobs, data_overrides(figure, cifar), existing[figure.name])
 
         from .report import make_figures, verdict, write_report
 

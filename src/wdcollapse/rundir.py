@@ -304,17 +304,14 @@ RESUMABLE_CHANGES = (
 MACHINE_RESOLVED = {"trainer.precision": ("${bf16_where_native:", ("bf16-mixed", "32-true"))}
 
 
-def keep_machine_choices(cfg: DictConfig, saved: dict) -> list[str]:
+def keep_machine_choices(cfg: DictConfig, saved: dict) -> None:
     """Where `cfg` leaves a setting to the machine (MACHINE_RESOLVED) and the `saved` config of a run
     holds one of that resolver's values, set `cfg`'s to the saved one: the run continues (or counts
-    as done) with what its own machine chose, not what this machine would. Returns the keys kept."""
+    as done) with what its own machine chose, not what this machine would."""
     raw, old = _flatten(OmegaConf.to_container(cfg, resolve=False)), _flatten(saved)
-    kept = []
     for key, (resolver, values) in MACHINE_RESOLVED.items():
         if str(raw.get(key, "")).startswith(resolver) and old.get(key) in values:
             OmegaConf.update(cfg, key, old[key])
-            kept.append(key)
-    return kept
 
 
 def _flatten(node, prefix: str = "") -> dict:
