@@ -205,6 +205,30 @@ def test_the_readme_quotes_the_presets_numbers_as_the_configs_hold_them():
     assert all(d in row for d in depths), row
 
 
+def test_the_cpu_non_linear_sweep_trains_both_rates_for_the_lower_rates_epochs():
+    """Every run of the cpu preset's non-linear-depth sweep, composed as its multirun composes it,
+    trains the epochs that balancing budget 16 takes at the lower rate 0.02 (the higher rate at
+    budget 16 still drifted: BENCHMARKS.md, 2026-12-06, sixth session), at width 128 and batch 64."""
+    import math
+
+    from wdcollapse.figures import preset_sweeps
+    from wdcollapse.reproduce import job_overrides
+
+    figure = next(f for f in preset_sweeps("cpu")[1] if f.name == "nonlinear_depth_mnist")
+    epochs = {}
+    for depth in figure.sweep["model.nonlinear_depth"].split(","):
+        for lr in figure.sweep["optim.lr"].split(","):
+            swept = [f"model.nonlinear_depth={depth}", f"optim.lr={lr}", "seed=0"]
+            cfg = compose_cfg(*job_overrides(figure, "cpu", swept, []))
+            assert (cfg.model.width, cfg.data.batch_size, cfg.optim.lr) == (128, 64, float(lr))
+            epochs[int(depth), float(lr)] = cfg.trainer.max_epochs
+            # closed form: k = B (1 - momentum) / (lr_low wd) steps of ceil(60000 / 64) per epoch, wd = 0.016 / L
+            wd = 0.016 / (int(depth) + 3)
+            assert cfg.trainer.max_epochs == math.ceil(16 * (1 - 0.9) / (0.02 * wd) / math.ceil(60000 / 64))
+    assert {d: epochs[d, 0.02] for d in (4, 6, 8, 10, 12)} == {4: 38, 6: 48, 8: 59, 10: 70, 12: 80}
+    assert all(epochs[d, 0.04] == epochs[d, 0.02] for d in (4, 6, 8, 10, 12))
+
+
 def test_the_full_tier_is_the_cpu_preset_with_more_depths_seeds_and_images():
     """conf/reproduce/full.yaml names its base (cpu) and only what differs: a figure it leaves out
     is the cpu preset's, a sweep value it sets replaces that one value, an overrides list it sets
