@@ -215,6 +215,7 @@ def test_the_cpu_non_linear_sweep_trains_both_rates_for_the_lower_rates_epochs()
     from wdcollapse.reproduce import job_overrides
 
     figure = next(f for f in preset_sweeps("cpu")[1] if f.name == "nonlinear_depth_mnist")
+    lr_low = min(float(lr) for lr in figure.sweep["optim.lr"].split(","))
     epochs = {}
     for depth in figure.sweep["model.nonlinear_depth"].split(","):
         for lr in figure.sweep["optim.lr"].split(","):
@@ -224,7 +225,7 @@ def test_the_cpu_non_linear_sweep_trains_both_rates_for_the_lower_rates_epochs()
             epochs[int(depth), float(lr)] = cfg.trainer.max_epochs
             # closed form: k = B (1 - momentum) / (lr_low wd) steps of ceil(60000 / 64) per epoch, wd = 0.016 / L
             wd = 0.016 / (int(depth) + 3)
-            assert cfg.trainer.max_epochs == math.ceil(16 * (1 - 0.9) / (0.02 * wd) / math.ceil(60000 / 64))
+            assert cfg.trainer.max_epochs == math.ceil(16 * (1 - 0.9) / (lr_low * wd) / math.ceil(60000 / 64))
     assert {d: epochs[d, 0.02] for d in (4, 6, 8, 10, 12)} == {4: 38, 6: 48, 8: 59, 10: 70, 12: 80}
     assert all(epochs[d, 0.04] == epochs[d, 0.02] for d in (4, 6, 8, 10, 12))
 

@@ -56,7 +56,8 @@ def balancing_epochs(budget, lr, weight_decay, momentum, num_samples, batch_size
     by the theory's rate: (1 - eta lambda / (1 - momentum))^(2k) ~ exp(-2 budget) after
     k = budget (1 - momentum) / (eta lambda) steps (momentum multiplies the step by 1 / (1 - momentum)).
     `${balancing_epochs:3,${optim.lr},${optim.weight_decay},${optim.momentum},60000,${data.batch_size}}`
-    gives every depth and learning rate of a sweep the same balancing, where their weight decays differ."""
+    gives every depth of a sweep the same balancing, where their weight decays differ (a fixed lr in place of
+    ${optim.lr} gives every rate the epochs of that rate's budget)."""
     steps_per_epoch = math.ceil(int(num_samples) / int(batch_size))
     steps = float(budget) * (1.0 - float(momentum)) / (float(lr) * float(weight_decay))
     return max(1, math.ceil(steps / steps_per_epoch))
