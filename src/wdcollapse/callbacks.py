@@ -555,6 +555,7 @@ class AtomicCheckpoint(Checkpoint):
             return
         self.dirpath.mkdir(parents=True, exist_ok=True)
         tmp = self.dirpath / ".last.ckpt.tmp"
-        trainer.save_checkpoint(tmp)  # on every rank (a barrier); only global rank 0 writes
+        # the whole state, to resume (explicit: Lightning logs a line per save when it has to default)
+        trainer.save_checkpoint(tmp, weights_only=False)  # on every rank (a barrier); only global rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.last_path)
