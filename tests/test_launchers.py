@@ -41,8 +41,12 @@ def test_multirun_through_a_launcher_gives_each_job_its_own_directory_and_wandb_
     proc = launch(
         tmp_path, "seed=0,1", f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path}/sweep", multirun=True
     )
-    _, err = proc.communicate(timeout=600)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
+    # Lightning's noise is quieted in the jobs too (joblib's workers never import wdcollapse.train):
+    # no cloud-logger advertisement, no line per checkpoint saved
+    for noise in ("litlogger", "weights_only"):
+        assert noise not in out + err, noise
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and (p / "summary.json").exists())
     assert len(jobs) == 2 and "seed=0" in jobs[0].name and "seed=1" in jobs[1].name
     ids = set()

@@ -45,13 +45,6 @@ from .rundir import launched_rank, write_summary
 from .schema import OWN_DATA, OWN_MODELS
 
 log = logging.getLogger("wdcollapse")
-# Lightning's advertisement for its cloud logger, and a note on every checkpoint load.
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-    lambda record: "litlogger" not in record.getMessage()
-)
-logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
-# alembic (Optuna's study storage) logs each of its plugins as it loads them
-logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def is_wandb(logger_cfg: DictConfig) -> bool:
@@ -245,12 +238,22 @@ def launches_ddp_processes(cfg: DictConfig) -> bool:
     return strategy.startswith("ddp") and several and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ
 
 
-def quiet_lightning_warnings() -> None:
-    """In a training job (not on import): the module logs nothing per step (the metric callback
-    logs per epoch), so the step-logging interval does not matter; and Lightning 2.6 uses a
-    torch API that torch deprecates."""
+def _not_litlogger(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
+def quiet_third_party_noise() -> None:
+    """At the start of every training job (not on import: a multirun's workers run the job
+    function without importing this module, since Hydra's joblib launcher pickles it by value
+    from `python -m wdcollapse.train`'s __main__). The module logs nothing per step (the metric
+    callback logs per epoch), so the step-logging interval does not matter; Lightning 2.6 uses a
+    torch API that torch deprecates, advertises its cloud logger and notes every checkpoint it
+    loads; alembic (Optuna's study storage) logs each plugin it loads. Idempotent."""
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_not_litlogger)
+    logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
@@ -258,7 +261,7 @@ def _hydra_main(cfg: DictConfig) -> float | list[float] | None:
     """One training job; returns its objective (`objective.names`, wdcollapse.objective: one value
     or a list, None when unset) for a sweeper that reads it. A job of a multirun that fails or is
     refused returns `objective.failed` and the sweep goes on."""
-    quiet_lightning_warnings()
+    quiet_third_party_noise()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
