@@ -159,7 +159,7 @@ def test_bf16_autocast_trains_with_step_groups_exactly_like_single_steps(tmp_pat
 
 def test_the_checkpoint_holds_the_whole_state_and_saving_it_logs_nothing(tmp_path, caplog):
     """The run's log gets no line per epoch from the save (Lightning logs one when it has to
-    default weights_only; the logger is set to INFO here, whatever a training job set it to),
+    default weights_only; its logger is set to INFO here, whatever else set it),
     and the checkpoint keeps what a resume needs."""
     import logging
 

@@ -247,12 +247,12 @@ def quiet_third_party_noise() -> None:
     function without importing this module, since Hydra's joblib launcher pickles it by value
     from `python -m wdcollapse.train`'s __main__). The module logs nothing per step (the metric
     callback logs per epoch), so the step-logging interval does not matter; Lightning 2.6 uses a
-    torch API that torch deprecates, advertises its cloud logger and notes every checkpoint it
-    loads; alembic (Optuna's study storage) logs each plugin it loads. Idempotent."""
+    torch API that torch deprecates and advertises its cloud logger; alembic (Optuna's study
+    storage) logs each plugin it loads. Idempotent. (Its note on checkpoints saved without
+    `weights_only` is avoided at the source: AtomicCheckpoint passes it.)"""
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_not_litlogger)
-    logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
